@@ -1,0 +1,50 @@
+"""Dependencies: the session, the calling application, and role checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Header
+from sqlmodel import Session
+
+from mailer.accounts.roles import Permission, require
+from mailer.accounts.service import Principal, verify_api_key
+from mailer.core.errors import AuthenticationFailed
+from mailer.storage.db import request_session
+
+SessionDep = Annotated[Session, Depends(request_session, scope="function")]
+
+
+def api_principal(
+    session: SessionDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> Principal:
+    """The application calling: ``Authorization: Bearer mk_...`` or ``X-API-Key: mk_...``."""
+    key = x_api_key
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise AuthenticationFailed("use 'Authorization: Bearer <API key>'")
+        key = value.strip()
+    if not key:
+        raise AuthenticationFailed(
+            "missing API key: send 'Authorization: Bearer <key>' (create one in the portal "
+            "or with `mailer apikey create`)"
+        )
+    return verify_api_key(session, key)
+
+
+def allowed(permission: Permission) -> Callable[..., Principal]:
+    def check(principal: Annotated[Principal, Depends(api_principal)]) -> Principal:
+        require(principal.role, permission)
+        return principal
+
+    return check
+
+
+Reader = Annotated[Principal, Depends(allowed(Permission.READ))]
+Editor = Annotated[Principal, Depends(allowed(Permission.EDIT))]
+Sender = Annotated[Principal, Depends(allowed(Permission.SEND))]
+Admin = Annotated[Principal, Depends(allowed(Permission.ADMIN))]

@@ -1,0 +1,55 @@
+"""Errors as JSON: ``{"error": {"code", "message", "field"}}`` with a fitting status."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from mailer.core.errors import (
+    AuthenticationFailed,
+    Conflict,
+    IllegalTransition,
+    MailerError,
+    NotFound,
+    PermissionDenied,
+    ValidationFailed,
+)
+from mailer.core.tokens import BadToken
+
+STATUS: tuple[tuple[type[MailerError], int], ...] = (
+    (AuthenticationFailed, 401),
+    (PermissionDenied, 403),
+    (NotFound, 404),
+    (Conflict, 409),
+    (IllegalTransition, 409),
+    (ValidationFailed, 422),
+    (BadToken, 400),
+)
+
+
+def status_for(error: MailerError) -> int:
+    return next((status for kind, status in STATUS if isinstance(error, kind)), 400)
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, object]:
+    return {"error": {"code": code, "message": message, "field": field}}
+
+
+def json_error(exc: MailerError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationFailed) else None
+    return JSONResponse(
+        error_body(exc.code, exc.message, exc.field), status_code=status_for(exc), headers=headers
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Request validation errors in the API's error shape."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
+        return JSONResponse(
+            error_body("validation_failed", str(first.get("msg")), field), status_code=422
+        )

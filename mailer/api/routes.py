@@ -1,0 +1,228 @@
+"""The ``/api/v1`` routes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+from sqlmodel import Session
+
+from mailer.accounts.service import Principal, audit, get_account
+from mailer.api.deps import Editor, Reader, Sender, SessionDep
+from mailer.api.schemas import (
+    CampaignIn,
+    CampaignOut,
+    ContactOut,
+    ImportOut,
+    ListIn,
+    ListOut,
+    MeOut,
+    RowErrorOut,
+    ScheduleIn,
+    TemplateIn,
+    TemplateOut,
+)
+from mailer.audience import service as audience
+from mailer.campaigns import service as campaigns
+from mailer.campaigns.models import Campaign
+from mailer.content import store as templates
+
+router = APIRouter(prefix="/api/v1")
+
+
+def _campaign_out(session: Session, campaign: Campaign) -> CampaignOut:
+    assert campaign.id is not None
+    return CampaignOut(
+        id=campaign.id,
+        name=campaign.name,
+        state=campaign.state,
+        template_id=campaign.template_id,
+        list_id=campaign.list_id,
+        from_email=campaign.from_email,
+        from_name=campaign.from_name,
+        subject=campaign.subject,
+        scheduled_at=campaign.scheduled_at,
+        started_at=campaign.started_at,
+        completed_at=campaign.completed_at,
+        counts=campaigns.campaign_counts(session, campaign),
+    )
+
+
+@router.get("/me", response_model=MeOut, tags=["account"])
+def me(session: SessionDep, principal: Reader) -> MeOut:
+    """Who the API key belongs to."""
+    account = get_account(session, principal.account_id)
+    return MeOut(
+        account_id=principal.account_id,
+        account_name=account.name,
+        role=principal.role,
+        actor=principal.actor,
+    )
+
+
+# -- lists and contacts ----------------------------------------------------------------
+
+
+@router.get("/lists", response_model=list[ListOut], tags=["lists"])
+def get_lists(session: SessionDep, principal: Reader) -> list[ListOut]:
+    return [
+        ListOut(id=lst.id or 0, name=lst.name, description=lst.description, members=members)
+        for lst, members in audience.list_lists(session, principal.account_id)
+    ]
+
+
+@router.post("/lists", response_model=ListOut, status_code=status.HTTP_201_CREATED, tags=["lists"])
+def post_list(body: ListIn, session: SessionDep, principal: Editor) -> ListOut:
+    lst = audience.create_list(session, principal.account_id, body.name, body.description)
+    audit(session, principal, "list.create", f"list:{lst.id}", name=lst.name)
+    session.commit()
+    return ListOut(id=lst.id or 0, name=lst.name, description=lst.description, members=0)
+
+
+@router.get("/lists/{list_id}/contacts", response_model=list[ContactOut], tags=["lists"])
+def get_list_contacts(
+    list_id: int, session: SessionDep, principal: Reader, offset: int = 0, limit: int = 100
+) -> list[ContactOut]:
+    contacts = audience.list_contacts(
+        session, principal.account_id, list_id, offset=offset, limit=min(limit, 1000)
+    )
+    return [ContactOut.model_validate(c, from_attributes=True) for c in contacts]
+
+
+@router.post("/lists/{list_id}/import", response_model=ImportOut, tags=["lists"])
+def import_into_list(
+    list_id: int,
+    session: SessionDep,
+    principal: Editor,
+    file: UploadFile = File(..., description="CSV file (UTF-8 or Windows-1252, , or ;)"),
+    mode: str = Form("add_or_update"),
+) -> ImportOut:
+    """Import contacts from a CSV file; bad rows are reported with their line numbers."""
+    report = audience.import_contacts(
+        session, principal.account_id, file.file, list_id=list_id, mode=mode
+    )
+    audit(
+        session, principal, "list.import", f"list:{list_id}",
+        file=file.filename, rows=report.rows, errors=len(report.errors),
+    )
+    session.commit()
+    return ImportOut(
+        rows=report.rows,
+        created=report.created,
+        updated=report.updated,
+        unchanged=report.unchanged,
+        duplicates_in_file=report.duplicates_in_file,
+        added_to_list=report.added_to_list,
+        encoding=report.encoding,
+        delimiter=report.delimiter,
+        mapping=report.mapping,
+        errors=[
+            RowErrorOut(line=e.line, column=e.column, value=e.value, reason=e.reason)
+            for e in report.errors
+        ],
+    )
+
+
+# -- templates -------------------------------------------------------------------------
+
+
+@router.get("/templates", response_model=list[TemplateOut], tags=["templates"])
+def get_templates(session: SessionDep, principal: Reader) -> list[TemplateOut]:
+    return [
+        TemplateOut.model_validate(t, from_attributes=True)
+        for t in templates.list_templates(session, principal.account_id)
+    ]
+
+
+@router.post(
+    "/templates", response_model=TemplateOut, status_code=status.HTTP_201_CREATED, tags=["templates"]
+)
+def post_template(body: TemplateIn, session: SessionDep, principal: Editor) -> TemplateOut:
+    """Save a template; a Jinja syntax error is refused with its part and line."""
+    template = templates.create_template(
+        session, principal.account_id, name=body.name, subject=body.subject,
+        html=body.html, text=body.text, description=body.description,
+    )
+    audit(session, principal, "template.create", f"template:{template.id}", name=template.name)
+    session.commit()
+    return TemplateOut.model_validate(template, from_attributes=True)
+
+
+@router.get("/templates/{template_id}", response_model=TemplateOut, tags=["templates"])
+def get_template(template_id: int, session: SessionDep, principal: Reader) -> TemplateOut:
+    template = templates.get_template(session, principal.account_id, template_id)
+    return TemplateOut.model_validate(template, from_attributes=True)
+
+
+# -- campaigns -------------------------------------------------------------------------
+
+
+@router.get("/campaigns", response_model=list[CampaignOut], tags=["campaigns"])
+def get_campaigns(session: SessionDep, principal: Reader) -> list[CampaignOut]:
+    return [_campaign_out(session, c) for c in campaigns.list_campaigns(session, principal.account_id)]
+
+
+@router.post(
+    "/campaigns", response_model=CampaignOut, status_code=status.HTTP_201_CREATED, tags=["campaigns"]
+)
+def post_campaign(body: CampaignIn, session: SessionDep, principal: Editor) -> CampaignOut:
+    campaign = campaigns.create_campaign(
+        session, principal.account_id, **body.model_dump(), created_by=principal.actor
+    )
+    audit(session, principal, "campaign.create", f"campaign:{campaign.id}", name=campaign.name)
+    session.commit()
+    return _campaign_out(session, campaign)
+
+
+@router.get("/campaigns/{campaign_id}", response_model=CampaignOut, tags=["campaigns"])
+def get_campaign(campaign_id: int, session: SessionDep, principal: Reader) -> CampaignOut:
+    """The campaign with its ledger counts (queued, sending, sent, deferred, failed...)."""
+    return _campaign_out(session, campaigns.get_campaign(session, principal.account_id, campaign_id))
+
+
+def _audited(session: Session, principal: Principal, action: str, campaign_id: int) -> None:
+    audit(session, principal, action, f"campaign:{campaign_id}")
+    session.commit()
+
+
+@router.post(
+    "/campaigns/{campaign_id}/send",
+    response_model=CampaignOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    tags=["campaigns"],
+)
+def send_campaign(campaign_id: int, session: SessionDep, principal: Sender) -> CampaignOut:
+    """Start sending now: answers 202 at once; the workers deliver in the background."""
+    campaigns.send_now(principal.account_id, campaign_id, actor=principal.actor)
+    _audited(session, principal, "campaign.send", campaign_id)
+    return _campaign_out(session, campaigns.get_campaign(session, principal.account_id, campaign_id))
+
+
+@router.post("/campaigns/{campaign_id}/schedule", response_model=CampaignOut, tags=["campaigns"])
+def schedule_campaign(
+    campaign_id: int, body: ScheduleIn, session: SessionDep, principal: Sender
+) -> CampaignOut:
+    campaign = campaigns.schedule_campaign(
+        session, principal.account_id, campaign_id, body.scheduled_at
+    )
+    _audited(session, principal, "campaign.schedule", campaign_id)
+    return _campaign_out(session, campaign)
+
+
+@router.post("/campaigns/{campaign_id}/pause", response_model=CampaignOut, tags=["campaigns"])
+def pause_campaign(campaign_id: int, session: SessionDep, principal: Sender) -> CampaignOut:
+    campaign = campaigns.pause_campaign(session, principal.account_id, campaign_id)
+    _audited(session, principal, "campaign.pause", campaign_id)
+    return _campaign_out(session, campaign)
+
+
+@router.post("/campaigns/{campaign_id}/resume", response_model=CampaignOut, tags=["campaigns"])
+def resume_campaign(campaign_id: int, session: SessionDep, principal: Sender) -> CampaignOut:
+    campaigns.resume_campaign(principal.account_id, campaign_id)
+    _audited(session, principal, "campaign.resume", campaign_id)
+    return _campaign_out(session, campaigns.get_campaign(session, principal.account_id, campaign_id))
+
+
+@router.post("/campaigns/{campaign_id}/cancel", response_model=CampaignOut, tags=["campaigns"])
+def cancel_campaign(campaign_id: int, session: SessionDep, principal: Sender) -> CampaignOut:
+    campaign = campaigns.cancel_campaign(session, principal.account_id, campaign_id)
+    _audited(session, principal, "campaign.cancel", campaign_id)
+    return _campaign_out(session, campaign)

@@ -1,0 +1,124 @@
+"""Request and response bodies of the API (with examples for the OpenAPI docs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ListIn(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"name": "Proveedores 2026"}})
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=1000)
+
+
+class ListOut(BaseModel):
+    id: int
+    name: str
+    description: str
+    members: int
+
+
+class ContactOut(BaseModel):
+    id: int
+    email: str
+    first_name: str
+    last_name: str
+    company: str
+    email_status: str
+    attributes: dict[str, object]
+
+
+class RowErrorOut(BaseModel):
+    line: int
+    column: str
+    value: str
+    reason: str
+
+
+class ImportOut(BaseModel):
+    rows: int
+    created: int
+    updated: int
+    unchanged: int
+    duplicates_in_file: int
+    added_to_list: int
+    encoding: str
+    delimiter: str
+    mapping: dict[str, str]
+    errors: list[RowErrorOut]
+
+
+class TemplateIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "name": "Comunicado",
+                "subject": "Comunicado para {{ contact.company }}",
+                "html": "<p>Estimado(a) {{ contact.first_name | default('proveedor') }}</p>",
+            }
+        }
+    )
+    name: str = Field(min_length=1, max_length=200)
+    subject: str = Field(min_length=1, max_length=998)
+    html: str = Field(min_length=1)
+    text: str | None = None
+    description: str = ""
+
+
+class TemplateOut(BaseModel):
+    id: int
+    name: str
+    description: str
+    subject: str
+    html: str
+    text: str | None
+    updated_at: datetime
+
+
+class CampaignIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "name": "Convocatoria noviembre",
+                "template_id": 1,
+                "list_id": 1,
+                "from_email": "boletin@entidad.gob.pe",
+                "from_name": "Entidad",
+            }
+        }
+    )
+    name: str = Field(min_length=1, max_length=200)
+    template_id: int
+    list_id: int
+    from_email: str
+    from_name: str = Field(min_length=1, max_length=200)
+    subject: str | None = None
+    reply_to: str | None = None
+
+
+class ScheduleIn(BaseModel):
+    scheduled_at: datetime
+
+
+class CampaignOut(BaseModel):
+    id: int
+    name: str
+    state: str
+    template_id: int
+    list_id: int
+    from_email: str
+    from_name: str
+    subject: str | None
+    scheduled_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    counts: dict[str, int]
+
+
+class MeOut(BaseModel):
+    account_id: int
+    account_name: str
+    role: str
+    actor: str

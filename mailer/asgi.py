@@ -1,0 +1,143 @@
+"""The HTTP application: API, portal, tracking, health and metrics in one ASGI app.
+
+Stateless: run as many as needed behind a load balancer (``mailer serve`` runs one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import text
+from starlette.middleware.sessions import SessionMiddleware
+
+from mailer import __version__
+from mailer.analytics.service import ledger_totals
+from mailer.api import errors as api_errors
+from mailer.api.routes import router as api_router
+from mailer.core.config import Settings, get_settings
+from mailer.core.errors import MailerError
+from mailer.core.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS
+from mailer.storage.db import get_engine, session_scope
+from mailer.web.routes import error_page
+from mailer.web.routes import router as web_router
+from mailer.workers import broker_reachable, configure_broker, queue_depth
+
+STATIC_DIR = Path(__file__).parent / "web" / "static"
+
+
+class LedgerCollector(Collector):
+    """Messages by ledger state and queue depth, read at scrape time from the source of truth."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        messages = GaugeMetricFamily(
+            "mailer_messages", "Ledger rows by state (sent, failed, queued...)", labels=["state"]
+        )
+        try:
+            with session_scope(self.settings) as session:
+                for state, count in ledger_totals(session).items():
+                    messages.add_metric([state], count)
+        except Exception:
+            ERRORS.labels("metrics").inc()
+        yield messages
+        depth = GaugeMetricFamily("mailer_queue_depth", "Queue messages waiting", labels=["queue"])
+        for queue, count in queue_depth(configure_broker(self.settings)).items():
+            depth.add_metric([queue], count)
+        yield depth
+
+
+_collector: LedgerCollector | None = None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    global _collector
+    settings = settings or get_settings()
+    configure_broker(settings)
+    app = FastAPI(
+        title="mailer API",
+        version=__version__,
+        description="Campañas de correo y SMS: listas, plantillas, campañas, envíos.",
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.secret_key,
+        session_cookie="mailer_session",
+        max_age=12 * 3600,
+        same_site="lax",
+        https_only=settings.effective_cookie_secure,
+    )
+    api_errors.install(app)
+
+    @app.exception_handler(MailerError)
+    async def mailer_error(request: Request, exc: MailerError) -> Response:
+        if request.url.path.startswith("/api/"):
+            return api_errors.json_error(exc)
+        return error_page(request, exc)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        surface = "api" if request.url.path.startswith("/api/") else "web"
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            ERRORS.labels(surface).inc()
+            HTTP_REQUESTS.labels(surface, "5xx").inc()
+            raise
+        HTTP_LATENCY.labels(surface).observe(time.perf_counter() - started)
+        HTTP_REQUESTS.labels(surface, f"{response.status_code // 100}xx").inc()
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        if surface == "web":
+            response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        """Alive: the process answers."""
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> Response:
+        """Ready: the database and the broker are reachable."""
+        checks = {"database": False, "broker": False}
+        try:
+            with get_engine(settings).connect() as connection:
+                connection.execute(text("SELECT 1"))
+            checks["database"] = True
+        except Exception:
+            ERRORS.labels("readyz").inc()
+        checks["broker"] = broker_reachable(configure_broker(settings))
+        ok = all(checks.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    if _collector is None:
+        _collector = LedgerCollector(settings)
+        REGISTRY.register(_collector)
+    else:
+        _collector.settings = settings
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(api_router)
+    app.include_router(web_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

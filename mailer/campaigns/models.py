@@ -1,0 +1,69 @@
+"""The campaign table and its state machine."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlmodel import Field, SQLModel
+
+from mailer.core.clock import utcnow
+from mailer.core.statemachine import StateMachine
+from mailer.storage.types import UtcDateTime
+
+
+class CampaignState(StrEnum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    SENDING = "sending"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+_C = CampaignState
+CAMPAIGN_STATE = StateMachine[CampaignState](
+    "campaign",
+    {
+        _C.DRAFT: frozenset({_C.SCHEDULED, _C.SENDING, _C.CANCELLED}),
+        _C.SCHEDULED: frozenset({_C.DRAFT, _C.SENDING, _C.CANCELLED}),
+        _C.SENDING: frozenset({_C.PAUSED, _C.COMPLETED, _C.CANCELLED, _C.FAILED}),
+        _C.PAUSED: frozenset({_C.SENDING, _C.CANCELLED}),
+        _C.FAILED: frozenset({_C.SENDING, _C.CANCELLED}),
+        _C.COMPLETED: frozenset(),
+        _C.CANCELLED: frozenset(),
+    },
+)
+
+STATE_LABELS_ES: dict[str, str] = {
+    _C.DRAFT: "Borrador",
+    _C.SCHEDULED: "Programada",
+    _C.SENDING: "Enviando",
+    _C.PAUSED: "En pausa",
+    _C.COMPLETED: "Completada",
+    _C.CANCELLED: "Cancelada",
+    _C.FAILED: "Fallida",
+}
+
+
+class Campaign(SQLModel, table=True):
+    __tablename__ = "campaigns"
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: int = Field(foreign_key="accounts.id", index=True)
+    name: str = Field(max_length=200)
+    template_id: int = Field(foreign_key="templates.id")
+    list_id: int = Field(foreign_key="lists.id")
+    subject: str | None = Field(default=None, max_length=998)  # None: the template's
+    from_name: str = Field(max_length=200)
+    from_email: str = Field(max_length=320)
+    reply_to: str | None = Field(default=None, max_length=320)
+    state: str = Field(default=CampaignState.DRAFT, max_length=16, index=True)
+    total: int = 0  # ledger rows snapshotted when the send started
+    scheduled_at: datetime | None = Field(default=None, sa_type=UtcDateTime, index=True)
+    started_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    completed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    created_by: str = Field(default="", max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)

@@ -1,0 +1,240 @@
+"""The send path of one batch of ledger ids, as named steps.
+
+    load_sending_campaign -> claim_rows -> compiled_campaign (cached per process)
+    -> build_envelopes (render, assemble, sign) -> deliver -> record_outcomes
+    -> retry_deferred_later -> complete_if_done
+
+Everything that is the same for every recipient (Jinja compilation, CSS inlining, link
+extraction, constant headers, DKIM keys) is prepared once per campaign per process in
+:class:`CompiledCampaign`; per recipient only rendering, assembly and signing happen.
+The outcome of a whole batch is written in one transaction with executemany.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlmodel import Session, col
+
+from mailer.audience.models import Contact
+from mailer.campaigns.models import Campaign, CampaignState
+from mailer.campaigns.service import complete_if_done
+from mailer.content.service import CompiledTemplate, compile_template
+from mailer.content.store import get_template
+from mailer.core.clock import utcnow
+from mailer.core.config import Settings, get_settings
+from mailer.core.errors import MailerError
+from mailer.core.ports import Transport
+from mailer.core.types import DeliveryResult, DeliveryStatus, Envelope
+from mailer.delivery.dkim import DkimSigner
+from mailer.delivery.domains import load_domain
+from mailer.delivery.mime import MessageHeaders, assemble, new_message_id
+from mailer.delivery.service import transport_from_settings
+from mailer.events.models import EventKind
+from mailer.events.service import append_many
+from mailer.messages.models import MessageState
+from mailer.messages.service import ClaimedRow, claim_batch, record_results
+from mailer.storage.db import session_scope
+from mailer.tracking.service import unsubscribe_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledCampaign:
+    campaign_id: int
+    account_id: int
+    name: str
+    template: CompiledTemplate
+    headers: MessageHeaders
+    signers: tuple[DkimSigner, ...]
+    domain: str
+    return_path: str
+    base_url: str
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    claimed: int
+    by_state: dict[MessageState, list[int]]
+    retry_at: datetime | None
+
+
+_compiled: dict[int, tuple[tuple[object, ...], CompiledCampaign]] = {}
+_compiled_lock = threading.Lock()
+
+TransportFactory = Callable[[Settings], Transport]
+
+
+def load_sending_campaign(session: Session, campaign_id: int) -> Campaign | None:
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None or campaign.state != CampaignState.SENDING:
+        # Paused or cancelled: the rows stay in the ledger for resume, nothing is sent.
+        return None
+    return campaign
+
+
+def compiled_campaign(session: Session, campaign: Campaign, settings: Settings) -> CompiledCampaign:
+    """The campaign's compiled form, built once per process and reused for every batch."""
+    assert campaign.id is not None
+    template = get_template(session, campaign.account_id, campaign.template_id)
+    key = (campaign.subject, campaign.from_email, campaign.from_name, template.updated_at)
+    with _compiled_lock:
+        cached = _compiled.get(campaign.id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+    domain = campaign.from_email.rsplit("@", 1)[1]
+    sending_domain = load_domain(settings.sending_domains_dir, domain)
+    compiled = CompiledCampaign(
+        campaign_id=campaign.id,
+        account_id=campaign.account_id,
+        name=campaign.name,
+        template=compile_template(campaign.subject or template.subject, template.html, template.text),
+        headers=MessageHeaders(
+            from_name=campaign.from_name,
+            from_email=campaign.from_email,
+            reply_to=campaign.reply_to,
+            extra=(
+                ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+                ("X-Mailer-Campaign", str(campaign.id)),
+            ),
+        ),
+        signers=tuple(sending_domain.signers()),
+        domain=sending_domain.domain,
+        return_path=campaign.from_email,
+        base_url=settings.base_url,
+        secret=settings.secret_key,
+    )
+    with _compiled_lock:
+        _compiled[campaign.id] = (key, compiled)
+    return compiled
+
+
+def load_contacts(session: Session, rows: Sequence[ClaimedRow]) -> dict[int, Contact]:
+    ids = [row.contact_id for row in rows if row.contact_id is not None]
+    contacts = session.execute(select(Contact).where(col(Contact.id).in_(ids))).scalars()
+    return {contact.id: contact for contact in contacts if contact.id is not None}
+
+
+def build_envelope(compiled: CompiledCampaign, row: ClaimedRow, contact: Contact | None) -> tuple[Envelope, str]:
+    """Render, assemble and sign one message; returns the envelope and its Message-ID."""
+    unsubscribe = unsubscribe_url(compiled.base_url, compiled.secret, row.id)
+    context = {
+        "contact": contact.template_fields() if contact else {"email": row.to_address},
+        "campaign": {"name": compiled.name, "id": compiled.campaign_id},
+        "unsubscribe_url": unsubscribe,
+    }
+    rendered = compiled.template.render(context)
+    message_id = new_message_id(compiled.domain)
+    data = assemble(
+        compiled.headers,
+        to_email=row.to_address,
+        to_name=row.to_name or None,
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+        message_id=message_id,
+        date=utcnow(),
+        list_unsubscribe=f"<{unsubscribe}>",
+    )
+    for signer in compiled.signers:
+        data = signer.sign(data)
+    return Envelope(row.id, compiled.return_path, row.to_address, data), message_id
+
+
+def build_envelopes(
+    compiled: CompiledCampaign, rows: Sequence[ClaimedRow], contacts: dict[int, Contact]
+) -> tuple[list[Envelope], list[DeliveryResult], dict[int, str]]:
+    """Envelopes for the rows that render; a failure for each row that does not."""
+    envelopes: list[Envelope] = []
+    failures: list[DeliveryResult] = []
+    header_ids: dict[int, str] = {}
+    for row in rows:
+        contact = contacts.get(row.contact_id) if row.contact_id is not None else None
+        try:
+            envelope, header_ids[row.id] = build_envelope(compiled, row, contact)
+        except MailerError as exc:
+            failures.append(
+                DeliveryResult(row.id, DeliveryStatus.REJECTED, text=f"render failed: {exc}")
+            )
+            continue
+        envelopes.append(envelope)
+    return envelopes, failures, header_ids
+
+
+def deliver(transport: Transport, envelopes: Sequence[Envelope]) -> list[DeliveryResult]:
+    async def run() -> list[DeliveryResult]:
+        try:
+            return await transport.send_many(envelopes)
+        finally:
+            await transport.aclose()
+
+    return asyncio.run(run()) if envelopes else []
+
+
+def record_outcomes(
+    session: Session,
+    compiled: CompiledCampaign,
+    rows: Sequence[ClaimedRow],
+    results: Sequence[DeliveryResult],
+    header_ids: dict[int, str],
+    settings: Settings,
+) -> dict[MessageState, list[int]]:
+    now = utcnow()
+    by_state = record_results(
+        session,
+        results,
+        max_attempts=settings.max_attempts,
+        attempts={row.id: row.attempts for row in rows},
+        header_ids=header_ids,
+        now=now,
+    )
+    detail = {r.message_id: {"code": r.code, "text": r.text[:300], "relay": r.relay} for r in results}
+    kinds = {
+        MessageState.SENT: EventKind.SENT,
+        MessageState.DEFERRED: EventKind.DEFERRED,
+        MessageState.FAILED: EventKind.FAILED,
+    }
+    for state, ids in by_state.items():
+        append_many(
+            session, compiled.account_id, kinds[state], ids,
+            campaign_id=compiled.campaign_id, data=detail, now=now,
+        )
+    return by_state
+
+
+def send_batch(
+    campaign_id: int,
+    message_ids: Sequence[int],
+    *,
+    settings: Settings | None = None,
+    transport_factory: TransportFactory = transport_from_settings,
+) -> BatchOutcome:
+    """Send the still-unsent rows among *message_ids*.  Idempotent: safe to run twice."""
+    settings = settings or get_settings()
+    with session_scope(settings) as session:
+        campaign = load_sending_campaign(session, campaign_id)
+        if campaign is None:
+            return BatchOutcome(0, {}, None)
+        rows = claim_batch(session, message_ids)
+        if not rows:
+            complete_if_done(session, campaign_id)
+            return BatchOutcome(0, {}, None)
+        compiled = compiled_campaign(session, campaign, settings)
+        contacts = load_contacts(session, rows)
+    # The claim is committed before anything leaves: a redelivered batch skips these rows.
+    envelopes, failures, header_ids = build_envelopes(compiled, rows, contacts)
+    results = failures + deliver(transport_factory(settings), envelopes)
+    with session_scope(settings) as session:
+        by_state = record_outcomes(session, compiled, rows, results, header_ids, settings)
+        complete_if_done(session, campaign_id)
+    retry_times = [r.retry_at for r in results if r.status is DeliveryStatus.DEFERRED and r.retry_at]
+    retry_at = min(retry_times) if by_state.get(MessageState.DEFERRED) and retry_times else None
+    return BatchOutcome(len(rows), by_state, retry_at)

@@ -1,0 +1,255 @@
+"""Campaigns: create, schedule, start (snapshot the audience into the ledger), pause,
+resume, cancel, complete.  Interfaces call these; the send itself is ``pipeline.py``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Integer, String, func, insert, literal, select, update
+from sqlmodel import Session, col
+from sqlmodel import select as sm_select
+
+from mailer.accounts.service import normalise_email
+from mailer.audience.models import ChannelStatus, Contact, ListMember
+from mailer.audience.service import get_list
+from mailer.campaigns.models import CAMPAIGN_STATE, Campaign, CampaignState
+from mailer.content.service import check_syntax
+from mailer.content.store import get_template
+from mailer.core.clock import utcnow
+from mailer.core.config import Settings, get_settings
+from mailer.core.errors import NotFound, ValidationFailed
+from mailer.core.queue import enqueue
+from mailer.delivery.domains import load_domain
+from mailer.events.models import EventKind
+from mailer.events.service import append as append_event
+from mailer.messages.models import Message, MessageState
+from mailer.messages.service import count_by_state, pending_ids
+from mailer.storage.db import session_scope
+from mailer.storage.types import UtcDateTime
+
+
+def create_campaign(
+    session: Session,
+    account_id: int,
+    *,
+    name: str,
+    template_id: int,
+    list_id: int,
+    from_email: str,
+    from_name: str,
+    subject: str | None = None,
+    reply_to: str | None = None,
+    created_by: str = "",
+) -> Campaign:
+    if not name.strip():
+        raise ValidationFailed("the campaign needs a name", field="name")
+    template = get_template(session, account_id, template_id)
+    get_list(session, account_id, list_id)
+    if subject:
+        check_syntax(subject, template.html, template.text)
+    campaign = Campaign(
+        account_id=account_id,
+        name=name.strip(),
+        template_id=template_id,
+        list_id=list_id,
+        subject=subject or None,
+        from_email=normalise_email(from_email, "from_email"),
+        from_name=from_name.strip(),
+        reply_to=normalise_email(reply_to, "reply_to") if reply_to else None,
+        created_by=created_by,
+    )
+    session.add(campaign)
+    session.flush()
+    return campaign
+
+
+def get_campaign(session: Session, account_id: int, campaign_id: int) -> Campaign:
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None or campaign.account_id != account_id:
+        raise NotFound(f"campaign {campaign_id} does not exist")
+    return campaign
+
+
+def list_campaigns(session: Session, account_id: int) -> list[Campaign]:
+    return list(
+        session.exec(
+            sm_select(Campaign)
+            .where(Campaign.account_id == account_id)
+            .order_by(col(Campaign.id).desc())
+        )
+    )
+
+
+def _transition(session: Session, campaign: Campaign, target: CampaignState) -> None:
+    CAMPAIGN_STATE.check(CampaignState(campaign.state), target)
+    previous = campaign.state
+    campaign.state = target
+    campaign.updated_at = utcnow()
+    session.add(campaign)
+    append_event(
+        session,
+        campaign.account_id,
+        EventKind.CAMPAIGN_STATE,
+        campaign_id=campaign.id,
+        previous=previous,
+        state=target.value,
+    )
+
+
+def schedule_campaign(session: Session, account_id: int, campaign_id: int, when: datetime) -> Campaign:
+    campaign = get_campaign(session, account_id, campaign_id)
+    if when.tzinfo is None:
+        raise ValidationFailed("the scheduled time needs a time zone", field="scheduled_at")
+    if when <= utcnow():
+        raise ValidationFailed("the scheduled time is in the past", field="scheduled_at")
+    _check_ready(session, campaign)
+    _transition(session, campaign, CampaignState.SCHEDULED)
+    campaign.scheduled_at = when
+    return campaign
+
+
+def _check_ready(session: Session, campaign: Campaign, settings: Settings | None = None) -> None:
+    """Refuse to start what cannot be sent: a broken template or an unknown sending domain."""
+    settings = settings or get_settings()
+    template = get_template(session, campaign.account_id, campaign.template_id)
+    check_syntax(campaign.subject or template.subject, template.html, template.text)
+    domain = campaign.from_email.rsplit("@", 1)[1]
+    load_domain(settings.sending_domains_dir, domain)
+
+
+def start_campaign(
+    session: Session, account_id: int, campaign_id: int, *, settings: Settings | None = None
+) -> Campaign:
+    """Move to ``sending`` and snapshot the recipients into the ledger, in one statement.
+
+    The caller commits, then calls :func:`enqueue_pending` (workers must see the rows).
+    """
+    campaign = get_campaign(session, account_id, campaign_id)
+    _check_ready(session, campaign, settings)
+    _transition(session, campaign, CampaignState.SENDING)
+    now = utcnow()
+    recipients = (
+        select(
+            literal(account_id, Integer),
+            literal(campaign_id, Integer),
+            Contact.id,
+            literal("email", String),
+            Contact.email,
+            func.trim(Contact.first_name + " " + Contact.last_name),
+            literal(MessageState.QUEUED.value, String),
+            literal(0, Integer),
+            literal(now, UtcDateTime),
+            literal(now, UtcDateTime),
+        )
+        .join(ListMember, col(ListMember.contact_id) == Contact.id)
+        .where(
+            col(ListMember.list_id) == campaign.list_id,
+            col(Contact.account_id) == account_id,
+            col(Contact.email_status) == ChannelStatus.ACTIVE,
+        )
+        .order_by(col(Contact.id))
+    )
+    columns = [
+        "account_id", "campaign_id", "contact_id", "channel", "to_address", "to_name",
+        "state", "attempts", "queued_at", "updated_at",
+    ]
+    if campaign.started_at is None:
+        session.execute(insert(Message).from_select(columns, recipients))
+        campaign.started_at = now
+    campaign.total = int(
+        session.execute(
+            select(func.count()).where(col(Message.campaign_id) == campaign_id)
+        ).scalar_one()
+    )
+    if campaign.total == 0:
+        _transition(session, campaign, CampaignState.COMPLETED)
+        campaign.completed_at = now
+    return campaign
+
+
+def enqueue_pending(campaign_id: int, *, settings: Settings | None = None) -> int:
+    """Put the campaign's unsent rows on the queue in batches; returns the number of batches.
+
+    Safe to call again at any time: the actor only sends rows that are still unsent.
+    """
+    from mailer.campaigns.tasks import send_batch
+
+    settings = settings or get_settings()
+    with session_scope(settings) as session:
+        ids = pending_ids(session, campaign_id)
+    size = settings.batch_size
+    batches = [ids[i : i + size] for i in range(0, len(ids), size)]
+    for batch in batches:
+        enqueue(send_batch, campaign_id, batch)
+    return len(batches)
+
+
+def send_now(account_id: int, campaign_id: int, *, actor: str = "") -> Campaign:
+    with session_scope() as session:
+        campaign = start_campaign(session, account_id, campaign_id)
+        if actor:
+            campaign.created_by = campaign.created_by or actor
+    enqueue_pending(campaign_id)
+    return campaign
+
+
+def pause_campaign(session: Session, account_id: int, campaign_id: int) -> Campaign:
+    campaign = get_campaign(session, account_id, campaign_id)
+    _transition(session, campaign, CampaignState.PAUSED)
+    return campaign
+
+
+def resume_campaign(account_id: int, campaign_id: int) -> Campaign:
+    with session_scope() as session:
+        campaign = get_campaign(session, account_id, campaign_id)
+        _transition(session, campaign, CampaignState.SENDING)
+    enqueue_pending(campaign_id)
+    return campaign
+
+
+def cancel_campaign(session: Session, account_id: int, campaign_id: int) -> Campaign:
+    campaign = get_campaign(session, account_id, campaign_id)
+    _transition(session, campaign, CampaignState.CANCELLED)
+    session.execute(
+        update(Message)
+        .where(
+            col(Message.campaign_id) == campaign_id,
+            col(Message.state).in_([MessageState.QUEUED, MessageState.DEFERRED]),
+        )
+        .values(state=MessageState.CANCELLED, updated_at=utcnow())
+    )
+    return campaign
+
+
+def complete_if_done(session: Session, campaign_id: int) -> bool:
+    """Close a sending campaign whose ledger has nothing left to send."""
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None or campaign.state != CampaignState.SENDING:
+        return False
+    counts = count_by_state(session, campaign_id)
+    open_states = (MessageState.QUEUED, MessageState.SENDING, MessageState.DEFERRED)
+    if any(counts.get(state, 0) for state in open_states):
+        return False
+    _transition(session, campaign, CampaignState.COMPLETED)
+    campaign.completed_at = utcnow()
+    return True
+
+
+def campaign_counts(session: Session, campaign: Campaign) -> dict[str, int]:
+    """Counts for display: total, and each ledger state (0 when absent)."""
+    assert campaign.id is not None
+    counts = count_by_state(session, campaign.id)
+    result = {state.value: counts.get(state.value, 0) for state in MessageState}
+    result["total"] = campaign.total
+    return result
+
+
+def due_campaign_ids(session: Session, now: datetime | None = None) -> list[tuple[int, int]]:
+    """(account_id, campaign_id) of scheduled campaigns whose time has come."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(Campaign.account_id, Campaign.id).where(
+            col(Campaign.state) == CampaignState.SCHEDULED, col(Campaign.scheduled_at) <= now
+        )
+    ).all()
+    return [(int(a), int(c)) for a, c in rows]

@@ -1,0 +1,27 @@
+"""Errors of the content package."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from mailer.core.errors import ValidationFailed
+
+TemplatePart = Literal["subject", "html", "text"]
+
+
+class TemplateError(ValidationFailed):
+    """A template cannot be compiled or rendered.
+
+    ``part`` is the part of the message at fault, ``line`` the line within that part's
+    source (when known) and ``message`` what is wrong and, where possible, how to fix it.
+    ``str()`` gives all three, e.g. ``html, line 12: unexpected '}'``.
+    """
+
+    code = "template_error"
+
+    def __init__(self, message: str, *, part: TemplatePart, line: int | None = None) -> None:
+        where = part if line is None else f"{part}, line {line}"
+        super().__init__(f"{where}: {message}", field=part)
+        self.message = message
+        self.part: TemplatePart = part
+        self.line = line

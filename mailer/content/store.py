@@ -1,0 +1,146 @@
+"""Saved templates per account, and the ready-made library under ``templates/``.
+
+A library template is a folder: ``template.toml`` (name, description, sample fields),
+``subject.txt``, ``body.html`` (Jinja) and optionally ``body.txt``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from mailer.content.models import Template
+from mailer.content.service import check_syntax
+from mailer.core.clock import utcnow
+from mailer.core.errors import Conflict, NotFound, ValidationFailed
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryTemplate:
+    key: str
+    name: str
+    description: str
+    subject: str
+    html: str
+    text: str | None
+    sample: dict[str, Any] = field(default_factory=dict)
+
+
+def load_library(root: Path) -> list[LibraryTemplate]:
+    """Every e-mail template folder under *root*/email, sorted by key."""
+    base = root / "email"
+    if not base.is_dir():
+        return []
+    return [load_library_template(folder) for folder in sorted(base.iterdir()) if folder.is_dir()]
+
+
+def load_library_template(folder: Path) -> LibraryTemplate:
+    meta_path = folder / "template.toml"
+    try:
+        meta = tomllib.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValidationFailed(f"{meta_path} is missing", field="template.toml") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationFailed(f"{meta_path}: {exc}", field="template.toml") from None
+    text_path = folder / "body.txt"
+    return LibraryTemplate(
+        key=folder.name,
+        name=str(meta.get("name", folder.name)),
+        description=str(meta.get("description", "")),
+        subject=(folder / "subject.txt").read_text(encoding="utf-8").strip(),
+        html=(folder / "body.html").read_text(encoding="utf-8"),
+        text=text_path.read_text(encoding="utf-8") if text_path.exists() else None,
+        sample=dict(meta.get("sample", {})),
+    )
+
+
+def create_template(
+    session: Session,
+    account_id: int,
+    *,
+    name: str,
+    subject: str,
+    html: str,
+    text: str | None = None,
+    description: str = "",
+    library_key: str | None = None,
+) -> Template:
+    """Save a template after checking its syntax (the error names the part and the line)."""
+    name = name.strip()
+    if not name:
+        raise ValidationFailed("the template needs a name", field="name")
+    if not subject.strip():
+        raise ValidationFailed("the template needs a subject", field="subject")
+    check_syntax(subject, html, text or None)
+    existing = session.exec(
+        select(Template).where(Template.account_id == account_id, Template.name == name)
+    ).first()
+    if existing is not None:
+        raise Conflict(f"a template named {name!r} already exists", field="name")
+    template = Template(
+        account_id=account_id,
+        name=name,
+        subject=subject.strip(),
+        html=html,
+        text=text or None,
+        description=description,
+        library_key=library_key,
+    )
+    session.add(template)
+    session.flush()
+    return template
+
+
+def update_template(
+    session: Session,
+    account_id: int,
+    template_id: int,
+    *,
+    subject: str,
+    html: str,
+    text: str | None = None,
+    name: str | None = None,
+) -> Template:
+    template = get_template(session, account_id, template_id)
+    check_syntax(subject, html, text or None)
+    if name:
+        template.name = name.strip()
+    template.subject = subject.strip()
+    template.html = html
+    template.text = text or None
+    template.updated_at = utcnow()
+    session.add(template)
+    session.flush()
+    return template
+
+
+def create_from_library(session: Session, account_id: int, item: LibraryTemplate) -> Template:
+    return create_template(
+        session,
+        account_id,
+        name=item.name,
+        subject=item.subject,
+        html=item.html,
+        text=item.text,
+        description=item.description,
+        library_key=item.key,
+    )
+
+
+def get_template(session: Session, account_id: int, template_id: int) -> Template:
+    template = session.get(Template, template_id)
+    if template is None or template.account_id != account_id:
+        raise NotFound(f"template {template_id} does not exist")
+    return template
+
+
+def list_templates(session: Session, account_id: int) -> list[Template]:
+    return list(
+        session.exec(
+            select(Template).where(Template.account_id == account_id).order_by(col(Template.id))
+        )
+    )

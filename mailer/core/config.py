@@ -1,0 +1,147 @@
+"""Typed settings, read from ``mailer.toml`` and ``MAILER_*`` environment variables.
+
+Every key has a default that works embedded (SQLite, in-process broker, capture relay), so
+``mailer serve`` needs no configuration at all.  Precedence, highest first: explicit
+arguments, environment (``MAILER_RELAY__HOST=...`` for nested keys), the TOML file
+(``MAILER_CONFIG`` or ``./mailer.toml``), defaults.  Outside development, secrets left at
+their placeholder are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from mailer.core.errors import ConfigError
+
+PLACEHOLDER_SECRET = "change-me-development-only"
+
+
+class RelaySettings(BaseModel):
+    """The SMTP relay campaigns are delivered through (the capture relay by default)."""
+
+    host: str = Field("127.0.0.1", description="Relay host name or address.")
+    port: int = Field(2525, description="Relay port; 2525 is the built-in capture relay.")
+    starttls: bool = Field(False, description="Upgrade the connection with STARTTLS.")
+    implicit_tls: bool = Field(False, description="Connect with TLS from the start (port 465).")
+    username: str | None = Field(None, description="SMTP AUTH user, if the relay needs one.")
+    password: str | None = Field(None, description="SMTP AUTH password.")
+    timeout_seconds: float = Field(30.0, description="Per-command SMTP timeout.")
+    max_connections: int = Field(4, ge=1, description="Parallel connections per worker batch.")
+    messages_per_connection: int = Field(100, ge=1, description="Messages before reconnecting.")
+
+
+class CaptureSettings(BaseModel):
+    """The built-in capture relay: an SMTP server that stores what it receives for the portal."""
+
+    enabled: bool = Field(True, description="Start the capture relay with `mailer serve`.")
+    host: str = Field("127.0.0.1", description="Address the capture relay listens on.")
+    port: int = Field(2525, description="Port the capture relay listens on.")
+    keep: int = Field(5000, ge=1, description="Captured messages kept (oldest deleted first).")
+
+
+class DnsSettings(BaseModel):
+    servers: list[str] = Field(default_factory=list, description="Resolvers; empty = system.")
+    port: int = Field(53, description="Port of the resolvers above.")
+    timeout_seconds: float = Field(3.0, description="Lifetime of one DNS query.")
+    cache_seconds: int = Field(300, description="Upper bound on how long answers are cached.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MAILER_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    environment: Literal["development", "production"] = Field(
+        "development", description="`production` refuses placeholder secrets."
+    )
+    secret_key: str = Field(
+        PLACEHOLDER_SECRET, description="Signs sessions, CSRF and tracking tokens."
+    )
+    data_dir: Path = Field(Path("var"), description="Where the embedded database lives.")
+    database_url: str = Field(
+        "", description="SQLAlchemy URL; empty = SQLite in data_dir (postgresql+psycopg://...)."
+    )
+    broker_url: str = Field(
+        "", description="Empty = in-process broker; redis://... or amqp://... at scale."
+    )
+    worker_threads: int = Field(4, ge=1, description="Worker threads per worker process.")
+    http_host: str = Field("127.0.0.1", description="Address `mailer serve` binds.")
+    http_port: int = Field(8000, description="Port `mailer serve` binds.")
+    base_url: str = Field(
+        "http://127.0.0.1:8000", description="Public URL of the portal, API and tracking host."
+    )
+    cookie_secure: bool | None = Field(
+        None, description="Secure flag on the session cookie; default: when base_url is https."
+    )
+    timezone: str = Field("America/Lima", description="Default account time zone.")
+    sending_domains_dir: Path = Field(
+        Path("sending_domains"), description="One folder per sending domain (DKIM keys)."
+    )
+    templates_dir: Path = Field(Path("templates"), description="Library of ready-made templates.")
+    batch_size: int = Field(250, ge=1, le=10000, description="Ledger ids per queue message.")
+    max_attempts: int = Field(5, ge=1, description="Delivery attempts before a row fails.")
+    send_lease_seconds: int = Field(
+        900, description="After this, a row claimed by a dead worker is offered again."
+    )
+    relay: RelaySettings = Field(default_factory=RelaySettings)  # type: ignore[arg-type]
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)  # type: ignore[arg-type]
+    dns: DnsSettings = Field(default_factory=DnsSettings)  # type: ignore[arg-type]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("MAILER_CONFIG", "mailer.toml"))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+        )
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> Settings:
+        if self.environment == "production" and self.secret_key == PLACEHOLDER_SECRET:
+            raise ConfigError(
+                "secret_key is still the development placeholder: set MAILER_SECRET_KEY "
+                "(or secret_key in mailer.toml) to a long random value",
+                field="secret_key",
+            )
+        if self.environment == "production" and len(self.secret_key) < 32:
+            raise ConfigError("secret_key must be at least 32 characters", field="secret_key")
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'mailer.db').as_posix()}"
+
+    @property
+    def effective_cookie_secure(self) -> bool:
+        if self.cookie_secure is not None:
+            return self.cookie_secure
+        return self.base_url.startswith("https://")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing env."""
+    return Settings()

@@ -1,0 +1,23 @@
+"""Messages received by the built-in capture relay, shown in the portal."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import LargeBinary
+from sqlmodel import Field, SQLModel
+
+from mailer.core.clock import utcnow
+from mailer.storage.types import UtcDateTime
+
+
+class CapturedMessage(SQLModel, table=True):
+    __tablename__ = "captured_messages"
+
+    id: int | None = Field(default=None, primary_key=True)
+    mail_from: str = Field(max_length=320)
+    rcpt_to: str = Field(max_length=2000, index=True)
+    subject: str = Field(default="", max_length=998)
+    size: int = 0
+    data: bytes = Field(sa_type=LargeBinary)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime, index=True)

@@ -1,0 +1,75 @@
+"""Appending events in bulk and reading them back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert
+from sqlmodel import Session, col, select
+
+from mailer.core.clock import utcnow
+from mailer.events.models import Event
+
+
+def append_many(
+    session: Session,
+    account_id: int,
+    kind: str,
+    message_ids: Sequence[int],
+    *,
+    campaign_id: int | None = None,
+    data: dict[int, dict[str, Any]] | None = None,
+    now: datetime | None = None,
+) -> None:
+    """One event of *kind* per message id, in one executemany."""
+    if not message_ids:
+        return
+    now = now or utcnow()
+    data = data or {}
+    session.execute(
+        insert(Event),
+        [
+            {
+                "account_id": account_id,
+                "kind": kind,
+                "message_id": message_id,
+                "campaign_id": campaign_id,
+                "occurred_at": now,
+                "data": data.get(message_id, {}),
+            }
+            for message_id in message_ids
+        ],
+    )
+
+
+def append(
+    session: Session,
+    account_id: int,
+    kind: str,
+    *,
+    campaign_id: int | None = None,
+    message_id: int | None = None,
+    **data: Any,
+) -> None:
+    session.add(
+        Event(
+            account_id=account_id,
+            kind=kind,
+            campaign_id=campaign_id,
+            message_id=message_id,
+            data=data,
+        )
+    )
+
+
+def for_campaign(session: Session, campaign_id: int, *, limit: int = 100) -> list[Event]:
+    return list(
+        session.exec(
+            select(Event)
+            .where(col(Event.campaign_id) == campaign_id)
+            .order_by(col(Event.id).desc())
+            .limit(limit)
+        )
+    )

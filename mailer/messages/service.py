@@ -1,0 +1,165 @@
+"""Ledger operations, all in bulk: claim a batch, record outcomes, count, recover."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlmodel import Session, col
+
+from mailer.core.clock import utcnow
+from mailer.core.types import DeliveryResult, DeliveryStatus
+from mailer.messages.models import MESSAGE_STATE, Message, MessageState
+
+__all__ = [
+    "ClaimedRow",
+    "claim_batch",
+    "count_by_state",
+    "pending_ids",
+    "record_results",
+    "release_expired_claims",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    id: int
+    contact_id: int | None
+    to_address: str
+    to_name: str
+    attempts: int
+
+
+def claim_batch(session: Session, message_ids: Sequence[int], *, now: datetime | None = None) -> list[ClaimedRow]:
+    """Atomically take the rows of *message_ids* that are still to send.
+
+    Rows already sent, failed or claimed by another worker are left alone, which is what
+    makes re-running a batch (a redelivered queue message) safe.
+    """
+    now = now or utcnow()
+    token = secrets.token_hex(8)
+    due = or_(
+        col(Message.state) == MessageState.QUEUED,
+        and_(
+            col(Message.state) == MessageState.DEFERRED,
+            or_(col(Message.next_attempt_at).is_(None), col(Message.next_attempt_at) <= now),
+        ),
+    )
+    session.execute(
+        update(Message)
+        .where(col(Message.id).in_(list(message_ids)), due)
+        .values(
+            state=MessageState.SENDING,
+            claim_token=token,
+            claimed_at=now,
+            attempts=Message.attempts + 1,
+            updated_at=now,
+        )
+    )
+    rows = session.execute(
+        select(Message.id, Message.contact_id, Message.to_address, Message.to_name, Message.attempts)
+        .where(col(Message.claim_token) == token, col(Message.state) == MessageState.SENDING)
+        .order_by(col(Message.id))
+    ).all()
+    return [ClaimedRow(*row) for row in rows]
+
+
+_STATE_OF = {
+    DeliveryStatus.ACCEPTED: MessageState.SENT,
+    DeliveryStatus.DEFERRED: MessageState.DEFERRED,
+    DeliveryStatus.REJECTED: MessageState.FAILED,
+}
+
+
+def record_results(
+    session: Session,
+    results: Iterable[DeliveryResult],
+    *,
+    max_attempts: int,
+    attempts: dict[int, int],
+    header_ids: dict[int, str] | None = None,
+    now: datetime | None = None,
+) -> dict[MessageState, list[int]]:
+    """Write the outcome of each claimed row in one executemany; return ids by new state.
+
+    A deferral past *max_attempts* becomes a failure.
+    """
+    now = now or utcnow()
+    header_ids = header_ids or {}
+    by_state: dict[MessageState, list[int]] = {}
+    params = []
+    for result in results:
+        state = _STATE_OF[result.status]
+        if state is MessageState.DEFERRED and attempts.get(result.message_id, 0) >= max_attempts:
+            state = MessageState.FAILED
+        MESSAGE_STATE.check(MessageState.SENDING, state)
+        by_state.setdefault(state, []).append(result.message_id)
+        params.append(
+            {
+                "id": result.message_id,
+                "state": state.value,
+                "relay": result.relay[:200],
+                "reply_code": result.code,
+                "reply_text": result.text[:1000],
+                "provider_id": result.provider_id,
+                "header_message_id": header_ids.get(result.message_id),
+                "next_attempt_at": result.retry_at if state is MessageState.DEFERRED else None,
+                "sent_at": now if state is MessageState.SENT else None,
+                "claim_token": None,
+                "updated_at": now,
+            }
+        )
+    if params:
+        # ORM bulk UPDATE by primary key: one executemany for the whole batch.
+        session.execute(update(Message), params)
+    return by_state
+
+
+def count_by_state(session: Session, campaign_id: int) -> dict[str, int]:
+    rows = session.execute(
+        select(Message.state, func.count())
+        .where(col(Message.campaign_id) == campaign_id)
+        .group_by(col(Message.state))
+    ).all()
+    return {state: int(n) for state, n in rows}
+
+
+def pending_ids(session: Session, campaign_id: int) -> list[int]:
+    """Ids of rows still to send (queued, or deferred whatever their due time)."""
+    return list(
+        session.execute(
+            select(Message.id)
+            .where(
+                col(Message.campaign_id) == campaign_id,
+                col(Message.state).in_([MessageState.QUEUED, MessageState.DEFERRED]),
+            )
+            .order_by(col(Message.id))
+        ).scalars()
+    )
+
+
+def release_expired_claims(session: Session, lease: timedelta, *, now: datetime | None = None) -> list[int]:
+    """Offer again the rows a dead worker claimed and never settled; returns their campaigns.
+
+    The worker died between its claim and recording the outcome; the relay may or may not
+    have accepted those messages.  Until the delivery engine keeps a durable acceptance
+    journal, a row is offered again after the lease (at-least-once for that window).
+    """
+    now = now or utcnow()
+    cutoff = now - lease
+    stale = col(Message.state) == MessageState.SENDING
+    campaigns = list(
+        session.execute(
+            select(Message.campaign_id).where(stale, col(Message.claimed_at) < cutoff).distinct()
+        ).scalars()
+    )
+    if campaigns:
+        session.execute(
+            update(Message)
+            .where(stale, col(Message.claimed_at) < cutoff)
+            .values(state=MessageState.QUEUED, claim_token=None, updated_at=now)
+        )
+    return [c for c in campaigns if c is not None]

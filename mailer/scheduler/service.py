@@ -1,0 +1,48 @@
+"""The periodic loop: enqueue each periodic job at its interval until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mailer.core.queue import enqueue
+from mailer.scheduler.tasks import recover_stalled_sends, start_due_campaigns
+
+log = logging.getLogger(__name__)
+
+PERIODIC: tuple[tuple[Callable[..., Any], float], ...] = (
+    (start_due_campaigns, 15.0),
+    (recover_stalled_sends, 60.0),
+)
+
+
+class PeriodicLoop:
+    """A daemon thread that enqueues the periodic jobs (the work runs on the workers)."""
+
+    def __init__(self, jobs: tuple[tuple[Callable[..., Any], float], ...] = PERIODIC) -> None:
+        self.jobs = jobs
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mailer-scheduler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        next_run = {job: time.monotonic() for job, _ in self.jobs}
+        while not self._stop.is_set():
+            now = time.monotonic()
+            for job, interval in self.jobs:
+                if now >= next_run[job]:
+                    next_run[job] = now + interval
+                    try:
+                        enqueue(job)
+                    except Exception:  # the broker may be briefly away; try next round
+                        log.exception("could not enqueue %s", job.__name__)
+            self._stop.wait(1.0)

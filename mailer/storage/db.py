@@ -1,0 +1,114 @@
+"""Engines and sessions.
+
+One engine per database URL per process.  SQLite is opened in WAL mode with foreign keys
+on and a busy timeout, so worker threads and the HTTP server can share it; PostgreSQL is
+used through psycopg 3.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import NullPool
+from sqlmodel import Session, SQLModel, create_engine
+
+from mailer.core.config import Settings, get_settings
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def normalise_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` and use the psycopg 3 driver for them."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(url: str, *, pooled: bool = True) -> Engine:
+    """An engine for *url*; ``pooled=False`` for one-off use (migrations)."""
+    url = normalise_url(url)
+    parsed = make_url(url)
+    pool_args: dict[str, Any] = (
+        {"pool_size": 10, "max_overflow": 20} if pooled else {"poolclass": NullPool}
+    )
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool_args
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, **pool_args)
+
+
+def get_engine(settings: Settings | None = None) -> Engine:
+    url = normalise_url((settings or get_settings()).effective_database_url)
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = make_engine(url)
+        return engine
+
+
+def dispose_engines() -> None:
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+@contextmanager
+def session_scope(settings: Settings | None = None) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with Session(get_engine(settings), expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def load_models() -> type[SQLModel]:
+    """Import every ``mailer.<package>.models`` module so SQLModel's metadata is complete."""
+    import mailer
+
+    for info in pkgutil.iter_modules(mailer.__path__):
+        if info.ispkg:
+            try:
+                importlib.import_module(f"mailer.{info.name}.models")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"mailer.{info.name}.models":
+                    raise
+    return SQLModel
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def request_session() -> Iterator[Session]:
+    """A per-request session for the HTTP interfaces (FastAPI dependency)."""
+    with session_scope() as session:
+        yield session

@@ -1,0 +1,68 @@
+"""Unsubscribe tokens and their effect."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlmodel import Session
+
+from mailer.audience.models import CHANNEL_STATUS, ChannelStatus, Contact
+from mailer.core.clock import utcnow
+from mailer.core.errors import NotFound
+from mailer.core.tokens import sign, unsign
+from mailer.events.service import append as append_event
+from mailer.messages.models import Message
+
+UNSUBSCRIBE = "unsubscribe"
+
+
+def unsubscribe_token(secret: str, message_id: int) -> str:
+    return sign(secret, UNSUBSCRIBE, str(message_id))
+
+
+def unsubscribe_url(base_url: str, secret: str, message_id: int) -> str:
+    return f"{base_url.rstrip('/')}/u/{unsubscribe_token(secret, message_id)}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeTarget:
+    message_id: int
+    email: str
+    already: bool
+
+
+def resolve_unsubscribe(session: Session, secret: str, token: str) -> UnsubscribeTarget:
+    """Who a token unsubscribes; raises BadToken for a forged one, NotFound for a stale one."""
+    message_id = int(unsign(secret, UNSUBSCRIBE, token))
+    message = session.get(Message, message_id)
+    if message is None or message.contact_id is None:
+        raise NotFound("this unsubscribe link is no longer valid")
+    contact = session.get(Contact, message.contact_id)
+    if contact is None:
+        raise NotFound("this unsubscribe link is no longer valid")
+    return UnsubscribeTarget(
+        message_id, contact.email, contact.email_status == ChannelStatus.UNSUBSCRIBED
+    )
+
+
+def unsubscribe(session: Session, secret: str, token: str, *, source: str) -> UnsubscribeTarget:
+    """Unsubscribe the contact a message went to, at once (idempotent)."""
+    target = resolve_unsubscribe(session, secret, token)
+    message = session.get(Message, target.message_id)
+    assert message is not None and message.contact_id is not None
+    contact = session.get(Contact, message.contact_id)
+    assert contact is not None
+    if contact.email_status != ChannelStatus.UNSUBSCRIBED:
+        CHANNEL_STATUS.check(ChannelStatus(contact.email_status), ChannelStatus.UNSUBSCRIBED)
+        contact.email_status = ChannelStatus.UNSUBSCRIBED
+        contact.updated_at = utcnow()
+        session.add(contact)
+        append_event(
+            session,
+            message.account_id,
+            "unsubscribed",
+            campaign_id=message.campaign_id,
+            message_id=message.id,
+            source=source,
+        )
+    return target

@@ -1,0 +1,78 @@
+"""Portal sessions, CSRF and role checks."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Form, Request
+from sqlmodel import Session
+
+from mailer.accounts.roles import Permission, can
+from mailer.accounts.service import Principal, get_user, user_principal
+from mailer.core.errors import MailerError
+from mailer.storage.db import request_session
+
+SessionDep = Annotated[Session, Depends(request_session, scope="function")]
+
+
+class LoginRequired(MailerError):
+    """Raised by a page dependency when nobody is logged in (answered with a redirect)."""
+
+    code = "login_required"
+
+
+class PageForbidden(MailerError):
+    code = "forbidden"
+
+
+def csrf_token(request: Request) -> str:
+    token = request.session.get("csrf")
+    if not token:
+        token = request.session["csrf"] = secrets.token_urlsafe(32)
+    return str(token)
+
+
+def check_csrf(request: Request, csrf_token: Annotated[str, Form()] = "") -> None:
+    expected = request.session.get("csrf", "")
+    if not expected or not hmac.compare_digest(str(expected), csrf_token):
+        raise PageForbidden(
+            "the form expired or did not come from this site (CSRF check): reload the page "
+            "and try again"
+        )
+
+
+CsrfChecked = Depends(check_csrf)
+
+
+def login(request: Request, principal: Principal) -> None:
+    request.session.clear()  # a fresh session on login: no fixation
+    request.session["user_id"] = principal.user_id
+    csrf_token(request)
+
+
+def current_principal(request: Request, session: SessionDep) -> Principal:
+    user_id = request.session.get("user_id")
+    user = get_user(session, int(user_id)) if user_id else None
+    if user is None:
+        request.session.clear()
+        raise LoginRequired("log in first")
+    request.state.user = user
+    return user_principal(user)
+
+
+def page(permission: Permission) -> Callable[..., Principal]:
+    def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+        if not can(principal.role, permission):
+            raise PageForbidden("your role does not allow this page or action")
+        return principal
+
+    return check
+
+
+Reader = Annotated[Principal, Depends(page(Permission.READ))]
+Editor = Annotated[Principal, Depends(page(Permission.EDIT))]
+Sender = Annotated[Principal, Depends(page(Permission.SEND))]
+Admin = Annotated[Principal, Depends(page(Permission.ADMIN))]

@@ -1,0 +1,508 @@
+"""Portal pages."""
+
+from __future__ import annotations
+
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from mailer.accounts.roles import ROLE_LABELS_ES, Permission, can
+from mailer.accounts.service import audit, authenticate, get_account, user_principal
+from mailer.analytics.service import ledger_totals
+from mailer.audience import service as audience
+from mailer.campaigns import service as campaigns
+from mailer.campaigns.models import STATE_LABELS_ES
+from mailer.content import store as templates
+from mailer.content.service import compile_template
+from mailer.core.config import get_settings
+from mailer.core.errors import AuthenticationFailed, MailerError
+from mailer.core.tokens import BadToken
+from mailer.delivery import service as delivery
+from mailer.tracking import service as tracking
+from mailer.web.auth import (
+    CsrfChecked,
+    Editor,
+    Reader,
+    Sender,
+    SessionDep,
+    csrf_token,
+    login,
+)
+
+HERE = Path(__file__).parent
+_env = Environment(
+    loader=FileSystemLoader(HERE / "templates"),
+    autoescape=select_autoescape(["html"]),
+    extensions=["jinja2.ext.i18n"],
+)
+_env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
+pages = Jinja2Templates(env=_env)
+
+router = APIRouter(include_in_schema=False)
+
+
+def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    user = getattr(request.state, "user", None)
+    role = user.role if user else None
+    context.update(
+        user=user,
+        role_label=ROLE_LABELS_ES.get(role) if role else None,  # type: ignore[call-overload]
+        can_edit=bool(role) and can(role, Permission.EDIT),
+        can_send=bool(role) and can(role, Permission.SEND),
+        csrf_token=csrf_token(request),
+        state_labels=STATE_LABELS_ES,
+        flash=request.session.pop("flash", None),
+    )
+    return pages.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def flash(request: Request, message: str, kind: str = "ok") -> None:
+    request.session["flash"] = {"message": message, "kind": kind}
+
+
+def redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+# -- login -----------------------------------------------------------------------------
+
+
+@router.get("/login")
+def login_page(request: Request) -> HTMLResponse:
+    return render(request, "login.html")
+
+
+@router.post("/login", dependencies=[CsrfChecked])
+def login_submit(
+    request: Request,
+    session: SessionDep,
+    email: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+) -> Response:
+    try:
+        user = authenticate(session, email, password)
+    except AuthenticationFailed:
+        audit(session, None, "login.failed", email[:200], ip=_ip(request))
+        session.commit()
+        return render(
+            request, "login.html", status_code=401, error="Correo o contraseña incorrectos.",
+            email=email,
+        )
+    principal = user_principal(user)
+    login(request, principal)
+    audit(session, principal, "login", ip=_ip(request))
+    return redirect("/")
+
+
+@router.post("/logout", dependencies=[CsrfChecked])
+def logout(request: Request) -> Response:
+    request.session.clear()
+    return redirect("/login")
+
+
+def _ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+# -- dashboard -------------------------------------------------------------------------
+
+
+@router.get("/")
+def dashboard(request: Request, session: SessionDep, principal: Reader) -> HTMLResponse:
+    rows = [
+        (c, campaigns.campaign_counts(session, c))
+        for c in campaigns.list_campaigns(session, principal.account_id)
+    ]
+    return render(
+        request,
+        "dashboard.html",
+        account=get_account(session, principal.account_id),
+        campaigns=rows,
+        totals=ledger_totals(session, principal.account_id),
+        lists=audience.list_lists(session, principal.account_id),
+    )
+
+
+# -- lists -----------------------------------------------------------------------------
+
+
+@router.get("/lists")
+def lists_page(request: Request, session: SessionDep, principal: Reader) -> HTMLResponse:
+    return render(request, "lists.html", lists=audience.list_lists(session, principal.account_id))
+
+
+@router.post("/lists", dependencies=[CsrfChecked])
+def lists_create(
+    request: Request,
+    session: SessionDep,
+    principal: Editor,
+    name: Annotated[str, Form()] = "",
+    description: Annotated[str, Form()] = "",
+) -> Response:
+    try:
+        lst = audience.create_list(session, principal.account_id, name, description)
+    except MailerError as exc:
+        flash(request, exc.message, "error")
+        return redirect("/lists")
+    audit(session, principal, "list.create", f"list:{lst.id}", ip=_ip(request))
+    flash(request, f"Lista «{lst.name}» creada.")
+    return redirect(f"/lists/{lst.id}")
+
+
+@router.get("/lists/{list_id}")
+def list_detail(
+    request: Request, list_id: int, session: SessionDep, principal: Reader, page: int = 1
+) -> HTMLResponse:
+    lst = audience.get_list(session, principal.account_id, list_id)
+    page = max(page, 1)
+    contacts = audience.list_contacts(
+        session, principal.account_id, list_id, offset=(page - 1) * 100, limit=100
+    )
+    return render(
+        request, "list_detail.html", lst=lst, contacts=contacts, page=page,
+        members=audience.list_size(session, list_id),
+    )
+
+
+@router.post("/lists/{list_id}/import", dependencies=[CsrfChecked])
+def list_import(
+    request: Request,
+    list_id: int,
+    session: SessionDep,
+    principal: Editor,
+    file: Annotated[UploadFile, File()],
+    mode: Annotated[str, Form()] = "add_or_update",
+) -> HTMLResponse:
+    lst = audience.get_list(session, principal.account_id, list_id)
+    try:
+        report = audience.import_contacts(
+            session, principal.account_id, file.file, list_id=list_id, mode=mode
+        )
+    except MailerError as exc:
+        session.rollback()
+        return render(
+            request, "list_detail.html", status_code=422, lst=lst, contacts=[], page=1,
+            members=audience.list_size(session, list_id), import_error=exc.message,
+        )
+    audit(
+        session, principal, "list.import", f"list:{list_id}", ip=_ip(request),
+        file=file.filename, rows=report.rows, errors=len(report.errors),
+    )
+    session.commit()
+    request.session["last_import_errors"] = report.errors_csv()[:100_000]
+    return render(
+        request, "import_report.html", lst=lst, report=report, filename=file.filename or "",
+    )
+
+
+@router.get("/lists/{list_id}/import-errors.csv")
+def import_errors(request: Request, list_id: int, principal: Reader) -> Response:
+    data = request.session.get("last_import_errors", "line,column,value,reason\n")
+    return Response(
+        data.encode("utf-8-sig"),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="errores-lista-{list_id}.csv"'},
+    )
+
+
+# -- templates -------------------------------------------------------------------------
+
+
+@router.get("/templates")
+def templates_page(request: Request, session: SessionDep, principal: Reader) -> HTMLResponse:
+    return render(
+        request, "templates.html", templates=templates.list_templates(session, principal.account_id)
+    )
+
+
+@router.get("/templates/new")
+def template_new(request: Request, principal: Editor) -> HTMLResponse:
+    return render(request, "template_edit.html", template=None, form={})
+
+
+@router.post("/templates/new", dependencies=[CsrfChecked])
+def template_create(
+    request: Request,
+    session: SessionDep,
+    principal: Editor,
+    name: Annotated[str, Form()] = "",
+    subject: Annotated[str, Form()] = "",
+    html: Annotated[str, Form()] = "",
+    text: Annotated[str, Form()] = "",
+) -> Response:
+    form = {"name": name, "subject": subject, "html": html, "text": text}
+    try:
+        template = templates.create_template(
+            session, principal.account_id, name=name, subject=subject, html=html, text=text or None
+        )
+    except MailerError as exc:
+        return render(
+            request, "template_edit.html", status_code=422, template=None, form=form,
+            error=str(exc),
+        )
+    audit(session, principal, "template.create", f"template:{template.id}", ip=_ip(request))
+    flash(request, "Plantilla guardada.")
+    return redirect(f"/templates/{template.id}")
+
+
+@router.get("/templates/{template_id}")
+def template_edit(
+    request: Request, template_id: int, session: SessionDep, principal: Reader
+) -> HTMLResponse:
+    template = templates.get_template(session, principal.account_id, template_id)
+    return render(request, "template_edit.html", template=template, form=template.model_dump())
+
+
+@router.post("/templates/{template_id}", dependencies=[CsrfChecked])
+def template_save(
+    request: Request,
+    template_id: int,
+    session: SessionDep,
+    principal: Editor,
+    name: Annotated[str, Form()] = "",
+    subject: Annotated[str, Form()] = "",
+    html: Annotated[str, Form()] = "",
+    text: Annotated[str, Form()] = "",
+) -> Response:
+    form = {"name": name, "subject": subject, "html": html, "text": text}
+    template = templates.get_template(session, principal.account_id, template_id)
+    try:
+        templates.update_template(
+            session, principal.account_id, template_id, name=name, subject=subject, html=html,
+            text=text or None,
+        )
+    except MailerError as exc:
+        session.rollback()
+        return render(
+            request, "template_edit.html", status_code=422, template=template, form=form,
+            error=str(exc),
+        )
+    audit(session, principal, "template.update", f"template:{template_id}", ip=_ip(request))
+    flash(request, "Plantilla guardada.")
+    return redirect(f"/templates/{template_id}")
+
+
+SAMPLE_CONTACT = {
+    "email": "maria.quispe@example.pe",
+    "first_name": "María",
+    "last_name": "Quispe",
+    "company": "Servicios Andinos S.A.C.",
+    "phone": "+51987654321",
+    "ruc": "20123456789",
+}
+
+
+@router.get("/templates/{template_id}/preview")
+def template_preview(
+    request: Request, template_id: int, session: SessionDep, principal: Reader
+) -> Response:
+    """The template rendered for a sample contact (shown in a sandboxed iframe)."""
+    template = templates.get_template(session, principal.account_id, template_id)
+    try:
+        compiled = compile_template(template.subject, template.html, template.text)
+        rendered = compiled.render(
+            {"contact": SAMPLE_CONTACT, "campaign": {"name": "Vista previa"},
+             "unsubscribe_url": "#"}
+        )
+    except MailerError as exc:
+        return HTMLResponse(f"<pre>{exc}</pre>", status_code=422)
+    return HTMLResponse(rendered.html, headers=_SANDBOX_HEADERS)
+
+
+_SANDBOX_HEADERS = {
+    "Content-Security-Policy": "sandbox; default-src 'none'; img-src https: data:; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+# -- campaigns -------------------------------------------------------------------------
+
+
+@router.get("/campaigns/new")
+def campaign_new(request: Request, session: SessionDep, principal: Editor) -> HTMLResponse:
+    return render(request, "campaign_new.html", **_campaign_form_context(session, principal.account_id), form={})
+
+
+def _campaign_form_context(session: Any, account_id: int) -> dict[str, Any]:
+    settings = get_settings()
+    return {
+        "lists": audience.list_lists(session, account_id),
+        "templates": templates.list_templates(session, account_id),
+        "domains": [d.domain for d in delivery.list_sending_domains(settings)],
+    }
+
+
+@router.post("/campaigns/new", dependencies=[CsrfChecked])
+def campaign_create(
+    request: Request,
+    session: SessionDep,
+    principal: Editor,
+    name: Annotated[str, Form()] = "",
+    template_id: Annotated[int, Form()] = 0,
+    list_id: Annotated[int, Form()] = 0,
+    from_name: Annotated[str, Form()] = "",
+    from_email: Annotated[str, Form()] = "",
+    subject: Annotated[str, Form()] = "",
+) -> Response:
+    form = {"name": name, "template_id": template_id, "list_id": list_id,
+            "from_name": from_name, "from_email": from_email, "subject": subject}
+    try:
+        campaign = campaigns.create_campaign(
+            session, principal.account_id, name=name, template_id=template_id, list_id=list_id,
+            from_email=from_email, from_name=from_name, subject=subject or None,
+            created_by=principal.actor,
+        )
+    except MailerError as exc:
+        session.rollback()
+        return render(
+            request, "campaign_new.html", status_code=422, form=form, error=exc.message,
+            **_campaign_form_context(session, principal.account_id),
+        )
+    audit(session, principal, "campaign.create", f"campaign:{campaign.id}", ip=_ip(request))
+    flash(request, "Campaña creada. Revísela y envíela cuando esté lista.")
+    return redirect(f"/campaigns/{campaign.id}")
+
+
+@router.get("/campaigns/{campaign_id}")
+def campaign_detail(
+    request: Request, campaign_id: int, session: SessionDep, principal: Reader
+) -> HTMLResponse:
+    campaign = campaigns.get_campaign(session, principal.account_id, campaign_id)
+    counts = campaigns.campaign_counts(session, campaign)
+    return render(
+        request,
+        "campaign_detail.html",
+        campaign=campaign,
+        counts=counts,
+        template=templates.get_template(session, principal.account_id, campaign.template_id),
+        lst=audience.get_list(session, principal.account_id, campaign.list_id),
+        list_members=audience.list_size(session, campaign.list_id),
+    )
+
+
+@router.post("/campaigns/{campaign_id}/{action}", dependencies=[CsrfChecked])
+def campaign_action(
+    request: Request, campaign_id: int, action: str, session: SessionDep, principal: Sender
+) -> Response:
+    messages = {
+        "send": "Envío iniciado.",
+        "pause": "Campaña en pausa.",
+        "resume": "Envío reanudado.",
+        "cancel": "Campaña cancelada.",
+    }
+    if action not in messages:
+        flash(request, f"Acción desconocida: {action}", "error")
+        return redirect(f"/campaigns/{campaign_id}")
+    try:
+        if action == "send":
+            campaigns.send_now(principal.account_id, campaign_id, actor=principal.actor)
+        elif action == "resume":
+            campaigns.resume_campaign(principal.account_id, campaign_id)
+        elif action == "pause":
+            campaigns.pause_campaign(session, principal.account_id, campaign_id)
+        else:
+            campaigns.cancel_campaign(session, principal.account_id, campaign_id)
+    except MailerError as exc:
+        session.rollback()
+        flash(request, exc.message, "error")
+        return redirect(f"/campaigns/{campaign_id}")
+    audit(session, principal, f"campaign.{action}", f"campaign:{campaign_id}", ip=_ip(request))
+    flash(request, messages[action])
+    return redirect(f"/campaigns/{campaign_id}")
+
+
+# -- captured mail ---------------------------------------------------------------------
+
+
+@router.get("/captured")
+def captured_page(
+    request: Request, session: SessionDep, principal: Reader, page: int = 1
+) -> HTMLResponse:
+    page = max(page, 1)
+    return render(
+        request,
+        "captured.html",
+        messages=delivery.list_captured(session, offset=(page - 1) * 50, limit=50),
+        total=delivery.count_captured(session),
+        page=page,
+    )
+
+
+def _parts(data: bytes) -> tuple[EmailMessage, str | None, str | None]:
+    parsed = message_from_bytes(data, policy=default_policy)
+    assert isinstance(parsed, EmailMessage)
+    html_part = parsed.get_body(preferencelist=("html",))
+    text_part = parsed.get_body(preferencelist=("plain",))
+    html = html_part.get_content() if html_part is not None else None  # type: ignore[attr-defined]
+    text = text_part.get_content() if text_part is not None else None  # type: ignore[attr-defined]
+    return parsed, html, text
+
+
+@router.get("/captured/{captured_id}")
+def captured_detail(
+    request: Request, captured_id: int, session: SessionDep, principal: Reader
+) -> HTMLResponse:
+    message = delivery.get_captured(session, captured_id)
+    parsed, html, text = _parts(message.data)
+    return render(
+        request, "captured_detail.html", message=message, headers=list(parsed.items()),
+        has_html=html is not None, text=text, raw=message.data.decode("utf-8", "replace"),
+    )
+
+
+@router.get("/captured/{captured_id}/html")
+def captured_html(captured_id: int, session: SessionDep, principal: Reader) -> Response:
+    _parsed, html, _text = _parts(delivery.get_captured(session, captured_id).data)
+    return HTMLResponse(html or "", headers=_SANDBOX_HEADERS)
+
+
+# -- unsubscribe (public: the token is the credential) ---------------------------------
+
+
+@router.get("/u/{token}")
+def unsubscribe_page(request: Request, token: str, session: SessionDep) -> HTMLResponse:
+    try:
+        target = tracking.resolve_unsubscribe(session, get_settings().secret_key, token)
+    except (BadToken, MailerError):
+        return render(request, "unsubscribe.html", status_code=404, invalid=True)
+    return render(request, "unsubscribe.html", target=target, token=token, done=False)
+
+
+@router.post("/u/{token}")
+async def unsubscribe_submit(request: Request, token: str, session: SessionDep) -> Response:
+    """RFC 8058 one-click (``List-Unsubscribe=One-Click``) and the page's button alike.
+
+    No CSRF token: mail providers POST here directly; the signed token is the credential.
+    """
+    form = await request.form()
+    one_click = form.get("List-Unsubscribe") == "One-Click"
+    try:
+        target = tracking.unsubscribe(
+            session, get_settings().secret_key, token, source="one-click" if one_click else "page"
+        )
+    except (BadToken, MailerError):
+        if one_click:
+            return Response(status_code=404)
+        return render(request, "unsubscribe.html", status_code=404, invalid=True)
+    session.commit()
+    if one_click:
+        return Response(status_code=200)
+    return render(request, "unsubscribe.html", target=target, token=token, done=True)
+
+
+
+def error_page(request: Request, exc: MailerError) -> Response:
+    """A MailerError on a portal page: log-in redirect, or a page that says what went wrong."""
+    from mailer.web.auth import LoginRequired, PageForbidden
+
+    if isinstance(exc, LoginRequired):
+        return redirect("/login")
+    status = 403 if isinstance(exc, PageForbidden) else 404 if exc.code == "not_found" else 400
+    return render(request, "error.html", status_code=status, message=exc.message, status=status)
