@@ -88,7 +88,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error_page(request, exc)
 
     @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         surface = "api" if request.url.path.startswith("/api/") else "web"
         started = time.perf_counter()
         try:

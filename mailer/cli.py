@@ -55,7 +55,9 @@ def _account_id(account: int | None) -> int:
     with session_scope() as session:
         found = first_account(session)
     if found is None or found.id is None:
-        err.print("[red]no account yet:[/] run `mailer demo` or `mailer user create --account-name ...`")
+        err.print(
+            "[red]no account yet:[/] run `mailer demo` or `mailer user create --account-name ...`"
+        )
         raise typer.Exit(1)
     return found.id
 
@@ -82,7 +84,9 @@ def user_create(
     role: Annotated[str, typer.Option(help="admin, manager, editor or viewer.")] = "admin",
     password: Annotated[str | None, typer.Option(help="Prompted when not given.")] = None,
     account: Annotated[int | None, typer.Option(help="Account id (default: the first).")] = None,
-    account_name: Annotated[str | None, typer.Option(help="Create a new account with this name.")] = None,
+    account_name: Annotated[
+        str | None, typer.Option(help="Create a new account with this name.")
+    ] = None,
     name: str = "",
 ) -> None:
     """Create a portal user (and, with --account-name, its account)."""
@@ -141,7 +145,10 @@ def domain_add(
     settings = get_settings()
     try:
         sending = add_domain(
-            settings.sending_domains_dir, domain, selector=selector, ed25519=ed25519,
+            settings.sending_domains_dir,
+            domain,
+            selector=selector,
+            ed25519=ed25519,
             replace=replace,
         )
     except MailerError as exc:
@@ -174,10 +181,14 @@ def domain_list() -> None:
 @app.command("import")
 def import_file(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
-    list_name: Annotated[str, typer.Option("--list", help="List to add the contacts to (created if new).")],
+    list_name: Annotated[
+        str, typer.Option("--list", help="List to add the contacts to (created if new).")
+    ],
     mode: Annotated[str, typer.Option(help="add, update or add_or_update.")] = "add_or_update",
     account: int | None = None,
-    errors_out: Annotated[Path | None, typer.Option(help="Write rejected rows to this CSV.")] = None,
+    errors_out: Annotated[
+        Path | None, typer.Option(help="Write rejected rows to this CSV.")
+    ] = None,
 ) -> None:
     """Import contacts from a CSV file into a list; bad rows are reported by line."""
     from mailer.audience.service import create_list, get_list_by_name, import_contacts
@@ -185,29 +196,67 @@ def import_file(
 
     total_bytes = file.stat().st_size
     try:
-        with session_scope() as session, Progress(
-            TextColumn("[bold]Importando[/]"), BarColumn(), TextColumn("{task.completed} filas"),
-            TimeElapsedColumn(), console=console,
-        ) as progress:
+        with (
+            session_scope() as session,
+            Progress(
+                TextColumn("[bold]Importando[/]"),
+                BarColumn(),
+                TextColumn("{task.completed} filas"),
+                TimeElapsedColumn(),
+                console=console,
+            ) as progress,
+        ):
             account_id = _account_id(account)
             lst = get_list_by_name(session, account_id, list_name) or create_list(
                 session, account_id, list_name
             )
             bar = progress.add_task("import", total=None)
             report = import_contacts(
-                session, account_id, file, list_id=lst.id, mode=mode,
+                session,
+                account_id,
+                file,
+                list_id=lst.id,
+                mode=mode,
                 progress=lambda rows: progress.update(bar, completed=rows),
             )
     except MailerError as exc:
         raise _fail(exc) from None
-    table = Table(title=f"{file.name} → {list_name} ({total_bytes // 1024} KB, {report.encoding}, '{report.delimiter}')")
-    for column in ("filas", "nuevos", "actualizados", "sin cambios", "duplicados", "en la lista", "errores"):
+    table = Table(
+        title=(
+            f"{file.name} → {list_name} ({total_bytes // 1024} KB, "
+            f"{report.encoding}, '{report.delimiter}')"
+        )
+    )
+    for column in (
+        "filas",
+        "nuevos",
+        "actualizados",
+        "sin cambios",
+        "duplicados",
+        "en la lista",
+        "errores",
+    ):
         table.add_column(column, justify="right")
-    table.add_row(*map(str, (report.rows, report.created, report.updated, report.unchanged,
-                             report.duplicates_in_file, report.added_to_list, len(report.errors))))
+    table.add_row(
+        *map(
+            str,
+            (
+                report.rows,
+                report.created,
+                report.updated,
+                report.unchanged,
+                report.duplicates_in_file,
+                report.added_to_list,
+                len(report.errors),
+            ),
+        )
+    )
     console.print(table)
     for error in report.errors[:20]:
-        err.print(f"[yellow]line {error.line}[/], column {error.column!r}: {error.reason} ({error.value!r})")
+        err.print(
+            f"[yellow]line {error.line}[/], column {error.column!r}: "
+            f"{error.reason} ({error.value!r})"
+        )
     if len(report.errors) > 20:
         err.print(f"... and {len(report.errors) - 20} more")
     if errors_out and report.errors:
@@ -230,8 +279,15 @@ def campaign_list(account: int | None = None) -> None:
             table.add_column(column)
         for campaign in list_campaigns(session, _account_id(account)):
             counts = campaign_counts(session, campaign)
-            table.add_row(str(campaign.id), campaign.name, campaign.state, str(counts["total"]),
-                          str(counts["sent"]), str(counts["deferred"]), str(counts["failed"]))
+            table.add_row(
+                str(campaign.id),
+                campaign.name,
+                campaign.state,
+                str(counts["total"]),
+                str(counts["sent"]),
+                str(counts["deferred"]),
+                str(counts["failed"]),
+            )
     console.print(table)
 
 
@@ -257,8 +313,15 @@ def campaign_create(
             if lst is None or lst.id is None:
                 raise typer.BadParameter(f"no list named {list_name!r}")
             campaign = create_campaign(
-                session, account_id, name=name, template_id=template, list_id=lst.id,
-                from_email=from_email, from_name=from_name, subject=subject, created_by="cli",
+                session,
+                account_id,
+                name=name,
+                template_id=template,
+                list_id=lst.id,
+                from_email=from_email,
+                from_name=from_name,
+                subject=subject,
+                created_by="cli",
             )
     except MailerError as exc:
         raise _fail(exc) from None
@@ -269,7 +332,9 @@ def campaign_create(
 def campaign_send(
     campaign_id: int,
     account: int | None = None,
-    wait: Annotated[bool, typer.Option(help="With the in-process broker: send here and wait.")] = True,
+    wait: Annotated[
+        bool, typer.Option(help="With the in-process broker: send here and wait.")
+    ] = True,
 ) -> None:
     """Start sending a campaign.  With Redis/RabbitMQ the workers deliver it; with the
     in-process broker this command runs the workers itself until the campaign is done."""
@@ -288,15 +353,22 @@ def campaign_send(
         console.print(f"campaign {campaign_id} queued for the workers")
         return
     worker = start_worker(broker, settings.worker_threads)
-    with Progress(TextColumn("[bold]Enviando[/]"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total}"), console=console) as progress:
+    with Progress(
+        TextColumn("[bold]Enviando[/]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        console=console,
+    ) as progress:
         bar = progress.add_task("send", total=None)
         while True:
             with session_scope() as session:
                 campaign = get_campaign(session, account_id, campaign_id)
                 counts = campaign_counts(session, campaign)
-            progress.update(bar, total=counts["total"],
-                            completed=counts["sent"] + counts["failed"] + counts["cancelled"])
+            progress.update(
+                bar,
+                total=counts["total"],
+                completed=counts["sent"] + counts["failed"] + counts["cancelled"],
+            )
             if campaign.state != "sending" or counts["queued"] + counts["sending"] == 0:
                 break
             threading.Event().wait(0.5)
@@ -383,7 +455,9 @@ def _worker_process(threads: int, scheduler: bool) -> None:
 def worker(
     processes: Annotated[int, typer.Option(help="Worker processes on this machine.")] = 1,
     threads: Annotated[int | None, typer.Option(help="Threads per process.")] = None,
-    scheduler: Annotated[bool, typer.Option(help="Also run the periodic scheduler (one per install).")] = False,
+    scheduler: Annotated[
+        bool, typer.Option(help="Also run the periodic scheduler (one per install).")
+    ] = False,
 ) -> None:
     """Consume the queues of a Redis or RabbitMQ broker (MAILER_BROKER_URL)."""
     settings = get_settings()
@@ -395,7 +469,10 @@ def worker(
         )
         raise typer.Exit(2)
     threads = threads or settings.worker_threads
-    console.print(f"{processes} worker process(es) × {threads} threads on {settings.broker_url.split('@')[-1]}")
+    console.print(
+        f"{processes} worker process(es) × {threads} threads on "
+        f"{settings.broker_url.split('@')[-1]}"
+    )
     if processes == 1:
         _worker_process(threads, scheduler)
         return
@@ -420,7 +497,9 @@ def worker(
 
 @app.command()
 def demo(
-    serve_after: Annotated[bool, typer.Option("--serve", help="Start the server afterwards.")] = False,
+    serve_after: Annotated[
+        bool, typer.Option("--serve", help="Start the server afterwards.")
+    ] = False,
 ) -> None:
     """Set up a demo: database, admin user (credentials printed), sending domain with DKIM,
     a list of contacts, the template library and a draft campaign ready to send."""
@@ -439,7 +518,10 @@ def demo(
     else:
         console.print(f"Demo already set up; user {DEMO_ADMIN} (reset with `mailer user password`)")
     console.print(f"API key ({result.api_key_name}): {result.api_key or '(created earlier)'}")
-    console.print(f"Lista «{result.list_name}»: {result.contacts} contactos; campaña #{result.campaign_id} lista para enviar")
+    console.print(
+        f"Lista «{result.list_name}»: {result.contacts} contactos; "
+        f"campaña #{result.campaign_id} lista para enviar"
+    )
     if serve_after:
         _log_setup()
         run_server(settings)

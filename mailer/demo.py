@@ -21,13 +21,51 @@ DEMO_DOMAIN = "demo.example.pe"
 DEMO_LIST = "Proveedores (demo)"
 DEMO_CONTACTS = 40
 
-FIRST_NAMES = ["María", "José", "Rosa", "Luis", "Carmen", "Jorge", "Ana", "Carlos", "Lucía",
-               "Miguel", "Julia", "César", "Elena", "Víctor", "Patricia", "Raúl", "Sofía", "Iván"]
-LAST_NAMES = ["Quispe", "Flores", "Huamán", "Mamani", "Rojas", "Sánchez", "García", "Chávez",
-              "Ramírez", "Torres", "Vargas", "Castillo", "Mendoza", "Ñahui", "Gutiérrez"]
-COMPANIES = ["Servicios Andinos S.A.C.", "Constructora Pachacútec E.I.R.L.",
-             "Distribuidora del Sur S.A.", "Tecnologías Amazónicas S.A.C.",
-             "Consultores Asociados del Perú S.R.L.", "Agroexportadora Chavín S.A."]
+FIRST_NAMES = [
+    "María",
+    "José",
+    "Rosa",
+    "Luis",
+    "Carmen",
+    "Jorge",
+    "Ana",
+    "Carlos",
+    "Lucía",
+    "Miguel",
+    "Julia",
+    "César",
+    "Elena",
+    "Víctor",
+    "Patricia",
+    "Raúl",
+    "Sofía",
+    "Iván",
+]
+LAST_NAMES = [
+    "Quispe",
+    "Flores",
+    "Huamán",
+    "Mamani",
+    "Rojas",
+    "Sánchez",
+    "García",
+    "Chávez",
+    "Ramírez",
+    "Torres",
+    "Vargas",
+    "Castillo",
+    "Mendoza",
+    "Ñahui",
+    "Gutiérrez",
+]
+COMPANIES = [
+    "Servicios Andinos S.A.C.",
+    "Constructora Pachacútec E.I.R.L.",
+    "Distribuidora del Sur S.A.",
+    "Tecnologías Amazónicas S.A.C.",
+    "Consultores Asociados del Perú S.R.L.",
+    "Agroexportadora Chavín S.A.",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +105,13 @@ def setup_demo(settings: Settings, *, password: str) -> DemoResult:
             first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
             local = f"{first[0]}{last}".lower().translate(str.maketrans("áéíóúñ", "aeioun"))
             add_contact(
-                session, account_id, f"{local}{i:02d}@example.pe", list_id=lst.id,
-                first_name=first, last_name=last, company=rng.choice(COMPANIES),
+                session,
+                account_id,
+                f"{local}{i:02d}@example.pe",
+                list_id=lst.id,
+                first_name=first,
+                last_name=last,
+                company=rng.choice(COMPANIES),
                 ruc=f"20{rng.randrange(10**8, 10**9)}",
             )
         if not list_templates(session, account_id):
@@ -81,9 +124,14 @@ def setup_demo(settings: Settings, *, password: str) -> DemoResult:
             campaign_id = existing[-1].id
         elif templates:
             campaign = create_campaign(
-                session, account_id, name="Comunicado de bienvenida (demo)",
-                template_id=templates[0].id or 0, list_id=lst.id,
-                from_email=f"boletin@{DEMO_DOMAIN}", from_name="Entidad Demo", created_by="demo",
+                session,
+                account_id,
+                name="Comunicado de bienvenida (demo)",
+                template_id=templates[0].id or 0,
+                list_id=lst.id,
+                from_email=f"boletin@{DEMO_DOMAIN}",
+                from_name="Entidad Demo",
+                created_by="demo",
             )
             campaign_id = campaign.id
         contacts = list_size(session, lst.id)

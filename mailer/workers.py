@@ -18,7 +18,14 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
 
 import mailer
 from mailer.core.config import Settings, get_settings
@@ -49,7 +56,9 @@ def make_broker(broker_url: str) -> dramatiq.Broker:
     if broker_url.startswith(("redis://", "rediss://", "unix://")):
         from dramatiq.brokers.redis import RedisBroker
 
-        return RedisBroker(url=broker_url, middleware=_middleware(), namespace="mailer")
+        return RedisBroker(  # type: ignore[no-untyped-call]
+            url=broker_url, middleware=_middleware(), namespace="mailer"
+        )
     if broker_url.startswith(("amqp://", "amqps://")):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
@@ -83,7 +92,7 @@ def configure_broker(settings: Settings | None = None, *, force: bool = False) -
     dramatiq.set_broker(broker)
     import_task_modules()
     for spec in REGISTRY.values():
-        dramatiq.actor(
+        dramatiq.actor(  # type: ignore[call-overload]
             spec.fn, actor_name=spec.name, queue_name=spec.queue_name, broker=broker, **spec.options
         )
     for queue in QUEUES:
@@ -125,5 +134,5 @@ def queue_depth(broker: dramatiq.Broker) -> dict[str, int]:
             elif hasattr(broker, "get_queue_message_counts"):
                 depths[queue] = int(broker.get_queue_message_counts(queue)[0])
         except Exception:  # depth is informative; never fail a scrape for it
-            continue
+            log.debug("queue depth of %s unavailable", queue, exc_info=True)
     return depths

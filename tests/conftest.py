@@ -61,7 +61,9 @@ def postgres_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _configure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, **env: str) -> Settings:
+def _configure(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, database_url: str, **env: str
+) -> Settings:
     values = {
         "MAILER_DATABASE_URL": database_url,
         "MAILER_DATA_DIR": str(tmp_path / "var"),

@@ -77,7 +77,9 @@ def normalise_email(email: str, field: str = "email") -> str:
     try:
         return validate_email(email.strip(), check_deliverability=False).normalized.lower()
     except EmailNotValidError as exc:
-        raise ValidationFailed(f"{email!r} is not a valid e-mail address: {exc}", field=field)
+        raise ValidationFailed(
+            f"{email!r} is not a valid e-mail address: {exc}", field=field
+        ) from None
 
 
 def hash_password(password: str) -> str:

@@ -100,8 +100,13 @@ def import_into_list(
         session, principal.account_id, file.file, list_id=list_id, mode=mode
     )
     audit(
-        session, principal, "list.import", f"list:{list_id}",
-        file=file.filename, rows=report.rows, errors=len(report.errors),
+        session,
+        principal,
+        "list.import",
+        f"list:{list_id}",
+        file=file.filename,
+        rows=report.rows,
+        errors=len(report.errors),
     )
     session.commit()
     return ImportOut(
@@ -133,13 +138,21 @@ def get_templates(session: SessionDep, principal: Reader) -> list[TemplateOut]:
 
 
 @router.post(
-    "/templates", response_model=TemplateOut, status_code=status.HTTP_201_CREATED, tags=["templates"]
+    "/templates",
+    response_model=TemplateOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["templates"],
 )
 def post_template(body: TemplateIn, session: SessionDep, principal: Editor) -> TemplateOut:
     """Save a template; a Jinja syntax error is refused with its part and line."""
     template = templates.create_template(
-        session, principal.account_id, name=body.name, subject=body.subject,
-        html=body.html, text=body.text, description=body.description,
+        session,
+        principal.account_id,
+        name=body.name,
+        subject=body.subject,
+        html=body.html,
+        text=body.text,
+        description=body.description,
     )
     audit(session, principal, "template.create", f"template:{template.id}", name=template.name)
     session.commit()
@@ -157,11 +170,16 @@ def get_template(template_id: int, session: SessionDep, principal: Reader) -> Te
 
 @router.get("/campaigns", response_model=list[CampaignOut], tags=["campaigns"])
 def get_campaigns(session: SessionDep, principal: Reader) -> list[CampaignOut]:
-    return [_campaign_out(session, c) for c in campaigns.list_campaigns(session, principal.account_id)]
+    return [
+        _campaign_out(session, c) for c in campaigns.list_campaigns(session, principal.account_id)
+    ]
 
 
 @router.post(
-    "/campaigns", response_model=CampaignOut, status_code=status.HTTP_201_CREATED, tags=["campaigns"]
+    "/campaigns",
+    response_model=CampaignOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["campaigns"],
 )
 def post_campaign(body: CampaignIn, session: SessionDep, principal: Editor) -> CampaignOut:
     campaign = campaigns.create_campaign(
@@ -175,7 +193,9 @@ def post_campaign(body: CampaignIn, session: SessionDep, principal: Editor) -> C
 @router.get("/campaigns/{campaign_id}", response_model=CampaignOut, tags=["campaigns"])
 def get_campaign(campaign_id: int, session: SessionDep, principal: Reader) -> CampaignOut:
     """The campaign with its ledger counts (queued, sending, sent, deferred, failed...)."""
-    return _campaign_out(session, campaigns.get_campaign(session, principal.account_id, campaign_id))
+    return _campaign_out(
+        session, campaigns.get_campaign(session, principal.account_id, campaign_id)
+    )
 
 
 def _audited(session: Session, principal: Principal, action: str, campaign_id: int) -> None:
@@ -193,7 +213,9 @@ def send_campaign(campaign_id: int, session: SessionDep, principal: Sender) -> C
     """Start sending now: answers 202 at once; the workers deliver in the background."""
     campaigns.send_now(principal.account_id, campaign_id, actor=principal.actor)
     _audited(session, principal, "campaign.send", campaign_id)
-    return _campaign_out(session, campaigns.get_campaign(session, principal.account_id, campaign_id))
+    return _campaign_out(
+        session, campaigns.get_campaign(session, principal.account_id, campaign_id)
+    )
 
 
 @router.post("/campaigns/{campaign_id}/schedule", response_model=CampaignOut, tags=["campaigns"])
@@ -218,7 +240,9 @@ def pause_campaign(campaign_id: int, session: SessionDep, principal: Sender) -> 
 def resume_campaign(campaign_id: int, session: SessionDep, principal: Sender) -> CampaignOut:
     campaigns.resume_campaign(principal.account_id, campaign_id)
     _audited(session, principal, "campaign.resume", campaign_id)
-    return _campaign_out(session, campaigns.get_campaign(session, principal.account_id, campaign_id))
+    return _campaign_out(
+        session, campaigns.get_campaign(session, principal.account_id, campaign_id)
+    )
 
 
 @router.post("/campaigns/{campaign_id}/cancel", response_model=CampaignOut, tags=["campaigns"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -19,7 +19,7 @@ from charset_normalizer import from_bytes
 from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from mailer.audience.models import Contact, ListMember
 from mailer.cleaning.service import check_syntax
@@ -87,7 +87,11 @@ def map_columns(headers: list[str]) -> dict[str, str]:
     for header in headers:
         key = _normalise_header(header)
         target = next(
-            (f for f, aliases in HEADER_ALIASES.items() if key in {a.replace("_", "") for a in aliases}),
+            (
+                f
+                for f, aliases in HEADER_ALIASES.items()
+                if key in {a.replace("_", "") for a in aliases}
+            ),
             None,
         )
         if target is None or target in taken:
@@ -254,9 +258,15 @@ def _write_chunk(
     existing = {
         row.email: row
         for row in session.execute(
-            select(Contact.id, Contact.email, Contact.first_name, Contact.last_name,  # type: ignore[call-overload]
-                   Contact.phone, Contact.company, Contact.attributes)
-            .where(Contact.account_id == account_id, Contact.email.in_(emails))  # type: ignore[attr-defined]
+            select(
+                col(Contact.id),
+                col(Contact.email),
+                col(Contact.first_name),
+                col(Contact.last_name),
+                col(Contact.phone),
+                col(Contact.company),
+                col(Contact.attributes),
+            ).where(col(Contact.account_id) == account_id, col(Contact.email).in_(emails))
         )
     }
     now = utcnow()
@@ -286,7 +296,7 @@ def _write_chunk(
         if mode == "add":
             report.unchanged += 1
             continue
-        changes = {
+        changes: dict[str, Any] = {
             k: contact[k]
             for k in ("first_name", "last_name", "phone", "company")
             if k in contact and contact[k] and contact[k] != getattr(current, k)
@@ -305,16 +315,23 @@ def _write_chunk(
     for change in updates:
         contact_id = change.pop("id_")
         session.execute(
-            update(Contact).where(Contact.id == contact_id).values(**change, updated_at=now)  # type: ignore[arg-type]
+            update(Contact).where(col(Contact.id) == contact_id).values(**change, updated_at=now)
         )
     if list_id is not None:
-        ids = session.execute(
-            select(Contact.id).where(Contact.account_id == account_id, Contact.email.in_(emails))  # type: ignore[call-overload,attr-defined]
-        ).scalars().all()
+        ids = (
+            session.execute(
+                select(col(Contact.id)).where(
+                    col(Contact.account_id) == account_id, col(Contact.email).in_(emails)
+                )
+            )
+            .scalars()
+            .all()
+        )
         already = set(
             session.execute(
-                select(ListMember.contact_id).where(
-                    ListMember.list_id == list_id, ListMember.contact_id.in_(ids)  # type: ignore[attr-defined]
+                select(col(ListMember.contact_id)).where(
+                    col(ListMember.list_id) == list_id,
+                    col(ListMember.contact_id).in_(ids),
                 )
             ).scalars()
         )
@@ -327,11 +344,3 @@ def _write_chunk(
             session.execute(insert(ListMember), members)
             report.added_to_list += len(members)
     session.flush()
-
-
-def iter_report_lines(report: ImportReport) -> Iterable[str]:
-    """A human summary, in Spanish, for the CLI and the portal."""
-    yield f"Filas leídas: {report.rows}"
-    yield f"Contactos nuevos: {report.created}; actualizados: {report.updated}; sin cambios: {report.unchanged}"
-    yield f"Duplicados en el archivo: {report.duplicates_in_file}; añadidos a la lista: {report.added_to_list}"
-    yield f"Filas con errores: {len(report.errors)}"

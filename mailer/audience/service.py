@@ -53,9 +53,7 @@ def get_list_by_name(session: Session, account_id: int, name: str) -> MailingLis
 
 
 def list_size(session: Session, list_id: int) -> int:
-    return int(
-        session.exec(select(func.count()).where(ListMember.list_id == list_id)).one()
-    )
+    return int(session.exec(select(func.count()).where(ListMember.list_id == list_id)).one())
 
 
 def list_lists(session: Session, account_id: int) -> list[tuple[MailingList, int]]:

@@ -96,7 +96,9 @@ def compiled_campaign(session: Session, campaign: Campaign, settings: Settings) 
         campaign_id=campaign.id,
         account_id=campaign.account_id,
         name=campaign.name,
-        template=compile_template(campaign.subject or template.subject, template.html, template.text),
+        template=compile_template(
+            campaign.subject or template.subject, template.html, template.text
+        ),
         headers=MessageHeaders(
             from_name=campaign.from_name,
             from_email=campaign.from_email,
@@ -123,7 +125,9 @@ def load_contacts(session: Session, rows: Sequence[ClaimedRow]) -> dict[int, Con
     return {contact.id: contact for contact in contacts if contact.id is not None}
 
 
-def build_envelope(compiled: CompiledCampaign, row: ClaimedRow, contact: Contact | None) -> tuple[Envelope, str]:
+def build_envelope(
+    compiled: CompiledCampaign, row: ClaimedRow, contact: Contact | None
+) -> tuple[Envelope, str]:
     """Render, assemble and sign one message; returns the envelope and its Message-ID."""
     unsubscribe = unsubscribe_url(compiled.base_url, compiled.secret, row.id)
     context = {
@@ -196,7 +200,9 @@ def record_outcomes(
         header_ids=header_ids,
         now=now,
     )
-    detail = {r.message_id: {"code": r.code, "text": r.text[:300], "relay": r.relay} for r in results}
+    detail = {
+        r.message_id: {"code": r.code, "text": r.text[:300], "relay": r.relay} for r in results
+    }
     kinds = {
         MessageState.SENT: EventKind.SENT,
         MessageState.DEFERRED: EventKind.DEFERRED,
@@ -204,8 +210,13 @@ def record_outcomes(
     }
     for state, ids in by_state.items():
         append_many(
-            session, compiled.account_id, kinds[state], ids,
-            campaign_id=compiled.campaign_id, data=detail, now=now,
+            session,
+            compiled.account_id,
+            kinds[state],
+            ids,
+            campaign_id=compiled.campaign_id,
+            data=detail,
+            now=now,
         )
     return by_state
 
@@ -235,6 +246,8 @@ def send_batch(
     with session_scope(settings) as session:
         by_state = record_outcomes(session, compiled, rows, results, header_ids, settings)
         complete_if_done(session, campaign_id)
-    retry_times = [r.retry_at for r in results if r.status is DeliveryStatus.DEFERRED and r.retry_at]
+    retry_times = [
+        r.retry_at for r in results if r.status is DeliveryStatus.DEFERRED and r.retry_at
+    ]
     retry_at = min(retry_times) if by_state.get(MessageState.DEFERRED) and retry_times else None
     return BatchOutcome(len(rows), by_state, retry_at)

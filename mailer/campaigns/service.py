@@ -96,7 +96,9 @@ def _transition(session: Session, campaign: Campaign, target: CampaignState) -> 
     )
 
 
-def schedule_campaign(session: Session, account_id: int, campaign_id: int, when: datetime) -> Campaign:
+def schedule_campaign(
+    session: Session, account_id: int, campaign_id: int, when: datetime
+) -> Campaign:
     campaign = get_campaign(session, account_id, campaign_id)
     if when.tzinfo is None:
         raise ValidationFailed("the scheduled time needs a time zone", field="scheduled_at")
@@ -132,10 +134,10 @@ def start_campaign(
         select(
             literal(account_id, Integer),
             literal(campaign_id, Integer),
-            Contact.id,
+            col(Contact.id),
             literal("email", String),
-            Contact.email,
-            func.trim(Contact.first_name + " " + Contact.last_name),
+            col(Contact.email),
+            func.trim(col(Contact.first_name) + " " + col(Contact.last_name)),
             literal(MessageState.QUEUED.value, String),
             literal(0, Integer),
             literal(now, UtcDateTime),
@@ -150,8 +152,16 @@ def start_campaign(
         .order_by(col(Contact.id))
     )
     columns = [
-        "account_id", "campaign_id", "contact_id", "channel", "to_address", "to_name",
-        "state", "attempts", "queued_at", "updated_at",
+        "account_id",
+        "campaign_id",
+        "contact_id",
+        "channel",
+        "to_address",
+        "to_name",
+        "state",
+        "attempts",
+        "queued_at",
+        "updated_at",
     ]
     if campaign.started_at is None:
         session.execute(insert(Message).from_select(columns, recipients))
@@ -248,7 +258,7 @@ def due_campaign_ids(session: Session, now: datetime | None = None) -> list[tupl
     """(account_id, campaign_id) of scheduled campaigns whose time has come."""
     now = now or utcnow()
     rows = session.execute(
-        select(Campaign.account_id, Campaign.id).where(
+        select(col(Campaign.account_id), col(Campaign.id)).where(
             col(Campaign.state) == CampaignState.SCHEDULED, col(Campaign.scheduled_at) <= now
         )
     ).all()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from jinja2 import Template, nodes
 from jinja2.exceptions import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from premailer import Premailer  # type: ignore[import-untyped]
+from premailer import Premailer
 
 from mailer.content.errors import TemplateError, TemplatePart
 
@@ -102,9 +102,7 @@ def find_foreign_syntax(source: str) -> tuple[int, str] | None:
     if match is None:
         return None
     tag = _shorten(match.group(0))
-    message = (
-        f"'{tag}' is Handlebars/Mustache syntax, not Jinja; {_foreign_advice(match)}"
-    )
+    message = f"'{tag}' is Handlebars/Mustache syntax, not Jinja; {_foreign_advice(match)}"
     return line_of(source, match.start()), message
 
 
@@ -114,12 +112,12 @@ def _unclosed_block(env: ImmutableSandboxedEnvironment, source: str) -> tuple[st
     statement: list[tuple[int, str, str]] = []
     in_block = False
     try:
-        for lineno, token, value in env.lex(source):
-            if token == "whitespace":
+        for lineno, kind, value in env.lex(source):
+            if kind == "whitespace":
                 continue
-            if token == "block_begin":
+            if kind == "block_begin":
                 in_block, statement = True, []
-            elif token == "block_end":
+            elif kind == "block_end":
                 in_block = False
                 if not statement or statement[0][1] != "name":
                     continue
@@ -130,7 +128,7 @@ def _unclosed_block(env: ImmutableSandboxedEnvironment, source: str) -> tuple[st
                 elif tag.startswith("end") and stack and _BLOCK_ENDS[stack[-1][0]] == tag:
                     stack.pop()
             elif in_block:
-                statement.append((lineno, token, value))
+                statement.append((lineno, kind, value))
     except TemplateSyntaxError:
         return None
     return stack[-1] if stack else None
@@ -180,17 +178,13 @@ def parse_part(
     return tree
 
 
-def compile_part(
-    env: ImmutableSandboxedEnvironment, source: str, part: TemplatePart
-) -> Template:
+def compile_part(env: ImmutableSandboxedEnvironment, source: str, part: TemplatePart) -> Template:
     """Parse and compile one part of a message in ``env``."""
     tree = parse_part(env, source, part)
     try:
         return env.from_string(tree)
     except TemplateSyntaxError as exc:  # e.g. an unknown filter, caught by the compiler
-        raise TemplateError(
-            exc.message or "invalid template", part=part, line=exc.lineno
-        ) from exc
+        raise TemplateError(exc.message or "invalid template", part=part, line=exc.lineno) from exc
 
 
 # -- protection --------------------------------------------------------------------------------
@@ -204,6 +198,7 @@ _JINJA_MARKUP = re.compile(
     re.DOTALL,
 )
 _LITERAL_JINJA_OPENER = re.compile(r"\{(?=[{%#])")
+LITERAL_BRACE = "{{ '{' }}"
 
 
 def escape_literal_jinja(text: str) -> str:
@@ -212,7 +207,7 @@ def escape_literal_jinja(text: str) -> str:
     Used on text that came out of an HTML tool (an entity such as ``&#123;`` decoded to a
     brace) and must not turn into template code.
     """
-    return _LITERAL_JINJA_OPENER.sub("{{ '{' }}", text)
+    return _LITERAL_JINJA_OPENER.sub(LITERAL_BRACE, text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,9 +236,7 @@ class ProtectedMarkup:
     def source_line(self, offset: int) -> int:
         """The line in the original source of ``offset`` in ``text`` (before any change)."""
         hidden = sum(
-            self.markup[index].count("\n")
-            for index in self.token_indexes(self.text[:offset])
-            if index < len(self.lines)
+            self.markup[index].count("\n") for index in self.token_indexes(self.text[:offset])
         )
         return line_of(self.text, offset) + hidden
 
@@ -305,16 +298,12 @@ def _split_outside(protected: ProtectedMarkup) -> tuple[str, str, str]:
     the doctype (premailer drops a doctype that is not spelt exactly as lxml spells it)."""
     text = protected.text
     token = protected.pattern.pattern
-    lead = re.match(
-        rf"(?:\s|{token})*(?:<!doctype[^>]*>(?:\s|{token})*)?", text, re.IGNORECASE
-    )
+    lead = re.match(rf"(?:\s|{token})*(?:<!doctype[^>]*>(?:\s|{token})*)?", text, re.IGNORECASE)
     start = lead.end() if lead is not None else 0
     end = len(text)
-    html_end = None
-    for html_end in _HTML_END.finditer(text):
-        pass
-    if html_end is not None and protected.pattern.search(text, html_end.end()):
-        end = html_end.end()
+    html_ends = list(_HTML_END.finditer(text))
+    if html_ends and protected.pattern.search(text, html_ends[-1].end()):
+        end = html_ends[-1].end()
     return text[:start], text[start:end], text[end:]
 
 
@@ -336,24 +325,61 @@ def inline_css(protected: ProtectedMarkup) -> ProtectedMarkup:
             part="html",
         ) from exc
     inlined = _DOCTYPE_OUT.sub("", inlined, count=1) if _DOCTYPE_OUT.match(inlined) else inlined
-    text = head + escape_literal_jinja(inlined) + tail
+    text = head + inlined + tail
     _check_tokens_in_place(protected, text)
-    return protected.with_text(text)
+    return _protect_literal_openers(protected, text)
+
+
+def _protect_literal_openers(protected: ProtectedMarkup, text: str) -> ProtectedMarkup:
+    """Tokens for the ``{{``, ``{%`` and ``{#`` that lxml made by decoding entities
+    (``&#123;&#123;``): they were text in the template and must stay text."""
+    added: list[tuple[str, int]] = []
+
+    def replace(match: re.Match[str]) -> str:
+        added.append((LITERAL_BRACE, protected.source_line(0)))
+        return protected.token(len(protected.markup) + len(added) - 1)
+
+    return protected.with_text(_LITERAL_JINJA_OPENER.sub(replace, text), tuple(added))
 
 
 def _check_tokens_in_place(protected: ProtectedMarkup, text: str) -> None:
+    """Check that the HTML tools kept the template code where it was.
+
+    Block tags (``{% ... %}``) must all be there, once each, in their order. Expressions
+    may be copied (``color: {{ brand }}`` in a CSS rule is inlined into every element the
+    rule matches, and stays in the <style> block too) but none may be lost. Comments may go.
+    """
+
+    def statements(tokens: list[int]) -> list[int]:
+        return [index for index in tokens if protected.markup[index].startswith("{%")]
+
     expected = protected.token_indexes(protected.text)
     found = protected.token_indexes(text)
-    if found == expected:
+    expected_statements, found_statements = statements(expected), statements(found)
+    moved: int | None = None
+    for position, want in enumerate(expected_statements):
+        if position >= len(found_statements) or found_statements[position] != want:
+            moved = want
+            break
+    else:
+        if len(found_statements) > len(expected_statements):
+            moved = found_statements[len(expected_statements)]
+    if moved is None:
+        present = set(found)
+        moved = next(
+            (
+                index
+                for index in expected
+                if index not in present and protected.markup[index].startswith("{{")
+            ),
+            None,
+        )
+    if moved is None:
         return
-    moved = next(
-        (want for want, got in zip(expected, found, strict=False) if want != got),
-        expected[len(found)] if len(found) < len(expected) else found[len(expected)],
-    )
     raise TemplateError(
-        f"CSS inlining would move or drop '{_shorten(protected.markup[moved])}': the HTML"
-        " around it is not where a template tag can stay when the HTML is parsed (e.g. in"
-        " a style attribute or between tags that allow no text); move the tag or send"
+        f"CSS inlining would move, copy or drop '{_shorten(protected.markup[moved])}': the"
+        " HTML parser cannot keep template code there (e.g. as a tag name, in <head> where"
+        " HTML allows no text, or a block tag inside a CSS rule); move it, or compile"
         " without CSS inlining",
         part="html",
         line=protected.lines[moved],

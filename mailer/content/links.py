@@ -47,6 +47,8 @@ class Link:
 class LinkRewrite:
     protected: ProtectedMarkup
     links: tuple[Link, ...]
+    sources: tuple[str, ...]
+    """Each link's URL as a template source (literal braces escaped)."""
     lines: tuple[int, ...]
     """Line of each link's tag in the original source."""
 
@@ -135,29 +137,32 @@ def _scan(text: str) -> list[_Found]:
     # the <a> for other clients in between: it is labelled like that <a>.
     for position, vml in enumerate(found):
         if vml.tag != "a" and not "".join(vml.text).strip():
-            twin = next((f for f in found[position + 1 :] if f.tag == "a" and f.url == vml.url), None)
+            twin = next(
+                (f for f in found[position + 1 :] if f.tag == "a" and f.url == vml.url), None
+            )
             if twin is not None:
                 vml.text, vml.alts = twin.text, twin.alts
     return found
 
 
 def _clean_text(protected: ProtectedMarkup, parts: list[str]) -> str:
-    text = " ".join(_INVISIBLE.sub("", "".join(parts)).split())
-    return protected.restore(escape_literal_jinja(text))
+    return protected.restore(" ".join(_INVISIBLE.sub("", "".join(parts)).split()))
 
 
 def rewrite_links(protected: ProtectedMarkup) -> LinkRewrite:
     """Find the trackable links in ``protected`` and point their hrefs at ``_link(N)``."""
     links: list[Link] = []
+    sources: list[str] = []
     lines: list[int] = []
     added: list[tuple[str, int]] = []
     pieces: list[str] = []
     position = 0
     next_token = len(protected.markup)
     for found in _scan(protected.text):
-        url = protected.restore(escape_literal_jinja(found.url)).strip()
+        url = protected.restore(found.url).strip()
         if not is_trackable(url):
             continue
+        sources.append(protected.restore(escape_literal_jinja(found.url)).strip())
         index = len(links)
         line = protected.source_line(found.tag_start)
         text = _clean_text(protected, found.text) or _clean_text(protected, [" ".join(found.alts)])
@@ -171,5 +176,6 @@ def rewrite_links(protected: ProtectedMarkup) -> LinkRewrite:
     return LinkRewrite(
         protected=protected.with_text("".join(pieces), tuple(added)),
         links=tuple(links),
+        sources=tuple(sources),
         lines=tuple(lines),
     )

@@ -72,8 +72,15 @@ class _Part:
 class CompiledTemplate:
     """A message ready to render: build it with :func:`compile_template`."""
 
-    __slots__ = ("_html", "_link_lines", "_link_templates", "_subject", "_text",
-                 "_text_derived", "links")
+    __slots__ = (
+        "_html",
+        "_link_lines",
+        "_link_templates",
+        "_subject",
+        "_text",
+        "_text_derived",
+        "links",
+    )
 
     def __init__(
         self,
@@ -199,11 +206,11 @@ def _compile_generated(
     return template
 
 
-def _compile_link(link: Link, line: int) -> Template | str:
-    if "{" not in link.url:
-        return link.url
+def _compile_link(link: Link, source: str, line: int) -> Template | str:
+    if "{" not in source:
+        return source
     try:
-        return compile_part(TEXT_ENV, link.url, "html")
+        return compile_part(TEXT_ENV, source, "html")
     except TemplateError as exc:
         raise TemplateError(
             f"the link {link.url!r} is not a complete template on its own ({exc.message});"
@@ -251,7 +258,8 @@ def compile_template(
     original = protect_jinja(html)
     rewrite = rewrite_links(original)
     link_templates = tuple(
-        _compile_link(link, line) for link, line in zip(rewrite.links, rewrite.lines, strict=True)
+        _compile_link(link, source, line)
+        for link, source, line in zip(rewrite.links, rewrite.sources, rewrite.lines, strict=True)
     )
     body = compiler.inline_css(rewrite.protected) if inline_css else rewrite.protected
     html_part = _Part(
@@ -267,7 +275,7 @@ def compile_template(
         link_urls = {
             body.token(first_link_token + link.index).upper(): link.url for link in rewrite.links
         }
-        text_source = html_to_text_template(body.text, body.restore, link_urls)
+        text_source = html_to_text_template(body, link_urls)
         text_part = _Part(
             "text",
             _compile_generated(
@@ -305,5 +313,5 @@ def check_syntax(subject: str, html: str, text: str | None = None) -> None:
     if text is not None:
         compile_part(TEXT_ENV, text, "text")
     rewrite = rewrite_links(protect_jinja(html))
-    for link, line in zip(rewrite.links, rewrite.lines, strict=True):
-        _compile_link(link, line)
+    for link, source, line in zip(rewrite.links, rewrite.sources, rewrite.lines, strict=True):
+        _compile_link(link, source, line)

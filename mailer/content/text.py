@@ -14,26 +14,40 @@ import re
 from collections.abc import Callable, Mapping
 from html.parser import HTMLParser
 
-from mailer.content.compiler import escape_literal_jinja
+from mailer.content.compiler import ProtectedMarkup, escape_literal_jinja
 
 _SKIPPED = frozenset({"head", "title", "style", "script", "noscript", "template", "svg"})
-_PARAGRAPHS = frozenset(
-    {"p", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote", "pre", "hr", "dl",
-     "figure", "address", "ul", "ol"}
+# fmt: off
+_PARAGRAPHS = frozenset({
+    "p", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote", "pre", "hr", "dl",
+    "figure", "address", "ul", "ol",
+})
+_LINES = frozenset({
+    "div", "tr", "li", "dt", "dd", "section", "article", "header", "footer", "center", "main",
+    "nav", "aside", "form", "caption", "tbody", "thead", "tfoot",
+})
+_VOID = frozenset({
+    "br", "img", "hr", "meta", "link", "input", "area", "base", "col", "embed", "param",
+    "source", "track", "wbr",
+})
+# fmt: on
+# Elements whose end tag HTML lets authors omit: skipping one "until its end tag" could
+# swallow the rest of the document, so they are not skipped when hidden.
+_OPTIONAL_END = frozenset({"p", "li", "dt", "dd", "tr", "td", "th", "tbody", "thead", "tfoot"})
+# display:none, or the preheader trick max-height:0 + overflow:hidden. Not mso-hide:all,
+# which hides from Outlook only the <a> that other clients show instead of a VML button.
+_HIDDEN_STYLE = re.compile(
+    r"display\s*:\s*none"
+    r"|max-height\s*:\s*0(?:px)?\s*(?:;|$|!)(?=.*overflow\s*:\s*hidden)"
+    r"|overflow\s*:\s*hidden(?=.*max-height\s*:\s*0(?:px)?\s*(?:;|$|!))",
+    re.IGNORECASE | re.DOTALL,
 )
-_LINES = frozenset(
-    {"div", "tr", "li", "dt", "dd", "section", "article", "header", "footer",
-     "center", "main", "nav", "aside", "form", "caption", "tbody", "thead", "tfoot"}
-)
-_VOID = frozenset(
-    {"br", "img", "hr", "meta", "link", "input", "area", "base", "col", "embed", "param",
-     "source", "track", "wbr"}
-)
-_HIDDEN_STYLE = re.compile(r"display\s*:\s*none|mso-hide\s*:\s*all", re.IGNORECASE)
 _INVISIBLE = re.compile("[\u00ad\u034f\u200b-\u200f\u2060\ufeff]")
 _SPACES = re.compile(r"[ \t\r\n\f\u00a0]+")
 _BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*)+\n")
+_WIDE_GAP = re.compile(r"(?<=\S) {3,}")
 _EMPTY_LINK = re.compile(r" \(\)")
+_STATEMENT = ("{%", "{#")
 
 
 class _TextWriter(HTMLParser):
@@ -81,6 +95,8 @@ class _TextWriter(HTMLParser):
     # -- parser events -------------------------------------------------------------------
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if self.skip_tag == "head" and tag == "body":  # </head> may be omitted
+            self.skip_tag = None
         if self.skip_tag is not None:
             if tag == self.skip_tag:
                 self.skip_depth += 1
@@ -90,7 +106,7 @@ class _TextWriter(HTMLParser):
             "hidden" in attributes
             or _HIDDEN_STYLE.search(attributes.get("style") or "") is not None
         )
-        if tag in _SKIPPED or (hidden and tag not in _VOID):
+        if tag in _SKIPPED or (hidden and tag not in _VOID and tag not in _OPTIONAL_END):
             self.skip_tag, self.skip_depth = tag, 1
             return
         if tag == "br":
@@ -176,26 +192,44 @@ class _TextWriter(HTMLParser):
         return None
 
 
-def html_to_text_template(
-    protected_html: str,
-    restore: Callable[[str], str],
-    link_urls: Mapping[str, str],
-) -> str:
-    """The text-part template for ``protected_html``.
+def html_to_text_template(protected: ProtectedMarkup, link_urls: Mapping[str, str]) -> str:
+    """The text-part template for the protected HTML ``protected.text``.
 
-    ``restore`` puts the template code back in place of the tokens; ``link_urls`` maps
-    the token in a tracked link's href (upper case) to the link's raw URL, so a link whose
-    text is its own URL is written once.
+    ``link_urls`` maps the token in a tracked link's href (upper case) to the link's raw
+    URL, so a link whose text is its own URL is written once. The result is meant for an
+    environment with ``trim_blocks`` and ``lstrip_blocks``, so that block tags on lines of
+    their own leave no blank lines.
     """
-    writer = _TextWriter(link_urls, restore)
-    writer.feed(protected_html)
+    writer = _TextWriter(link_urls, protected.restore)
+    writer.feed(protected.text)
     writer.close()
     while writer.anchors:
         writer.close_anchor()
     text = "".join(writer.out)
-    text = "\n".join(line.rstrip() for line in text.split("\n"))
-    text = _BLANK_LINES.sub("\n\n", text).strip("\n")
-    return restore(text) + "\n"
+    lines = [_WIDE_GAP.sub("  ", line.rstrip()) for line in text.split("\n")]
+    text = _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n")
+    return protected.restore(_keep_newlines_after_trailing_tags(protected, text)) + "\n"
+
+
+def _keep_newlines_after_trailing_tags(protected: ProtectedMarkup, text: str) -> str:
+    """Double the newline after a line of text that ends with a block tag.
+
+    ``trim_blocks`` removes the newline after every block tag: wanted after a line that
+    holds only tags, not after "Es cliente VIP{% endif %}", which would run into the next.
+    """
+
+    def is_statement(token: re.Match[str]) -> bool:
+        return protected.markup[int(token.group(1))][:2] in _STATEMENT
+
+    lines = text.split("\n")
+    for number, line in enumerate(lines[:-1]):
+        tokens = list(protected.pattern.finditer(line))
+        if not tokens or tokens[-1].end() != len(line) or not is_statement(tokens[-1]):
+            continue
+        content = protected.pattern.sub(lambda t: "" if is_statement(t) else "x", line)
+        if content.strip():
+            lines[number] = line + "\n"
+    return "\n".join(lines)
 
 
 def tidy_rendered_text(text: str) -> str:

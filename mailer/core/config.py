@@ -24,7 +24,7 @@ from pydantic_settings import (
 
 from mailer.core.errors import ConfigError
 
-PLACEHOLDER_SECRET = "change-me-development-only"
+PLACEHOLDER_SECRET = "change-me-development-only"  # noqa: S105 (refused in production)
 
 
 class RelaySettings(BaseModel):

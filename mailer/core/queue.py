@@ -43,7 +43,9 @@ def task(
     return register
 
 
-def enqueue(fn: Callable[..., Any], *args: Any, delay_ms: int | None = None) -> dramatiq.Message[Any]:
+def enqueue(
+    fn: Callable[..., Any], *args: Any, delay_ms: int | None = None
+) -> dramatiq.Message[Any]:
     """Put a call of task *fn* with *args* (ids, plain values) on the current broker."""
     spec = REGISTRY[fn.actor_name]  # type: ignore[attr-defined]
     broker = dramatiq.get_broker()

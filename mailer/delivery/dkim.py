@@ -201,8 +201,9 @@ class MultiSigner:
 
 
 def _canonicalise(message: bytes) -> _Canonical:
-    without_crlf = message.replace(b"\r\n", b"")  # one pass; cheaper than counting
-    if b"\n" in without_crlf or b"\r" in without_crlf:
+    # A bare CR or LF would be turned into CRLF by the SMTP client after signing.
+    line_ends = message.count(b"\n")
+    if line_ends != message.count(b"\r") or line_ends != message.count(b"\r\n"):
         message = _LINE_END.sub(b"\r\n", message)
     end = message.find(b"\r\n\r\n")
     if end == -1:  # headers only, no body
@@ -319,9 +320,7 @@ def dns_txt_value(private_pem: bytes) -> str:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
-    raw = key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
 
 

@@ -65,7 +65,11 @@ def normalise_domain(domain: str) -> str:
 
 
 def add_domain(
-    root: Path, domain: str, *, selector: str | None = None, ed25519: bool = False,
+    root: Path,
+    domain: str,
+    *,
+    selector: str | None = None,
+    ed25519: bool = False,
     replace: bool = False,
 ) -> SendingDomain:
     """Create the domain's folder with a new RSA-2048 key (and optionally an Ed25519 one)."""
@@ -90,7 +94,10 @@ def add_domain(
     if ed25519:
         ed_selector = f"{selector}e"
         _write_secret(folder / f"{ed_selector}.ed25519.pem", generate_ed25519_key())
-        lines += [f'ed25519_selector = "{ed_selector}"', f'ed25519_key = "{ed_selector}.ed25519.pem"']
+        lines += [
+            f'ed25519_selector = "{ed_selector}"',
+            f'ed25519_key = "{ed_selector}.ed25519.pem"',
+        ]
     (folder / "domain.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _load_cached.cache_clear()
     return load_domain(root, domain)

@@ -59,11 +59,11 @@ _FOLD_TOKEN = re.compile(r"[ \t]*[^ \t]+|[ \t]+\Z")
 
 # RFC 2047 §5(3): the characters a "Q" encoded-word may carry literally in a phrase;
 # §5(1): in unstructured text (Subject) any printable ASCII but "=", "?" and "_".
-_Q_PHRASE_LITERAL = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!*+-/"
-)
+_Q_PHRASE_LITERAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!*+-/")
 _Q_PHRASE = {chr(c): chr(c) if chr(c) in _Q_PHRASE_LITERAL else f"={c:02X}" for c in range(128)}
-_Q_TEXT = {chr(c): chr(c) if 32 < c < 127 and chr(c) not in "=?_" else f"={c:02X}" for c in range(128)}
+_Q_TEXT = {
+    chr(c): chr(c) if 32 < c < 127 and chr(c) not in "=?_" else f"={c:02X}" for c in range(128)
+}
 _Q_PHRASE[" "] = _Q_TEXT[" "] = "_"
 
 _PART_HEADERS = {
@@ -178,7 +178,9 @@ def _quoted_printable(content: str, field_name: str) -> bytes:
     try:
         data = content.encode()
     except UnicodeEncodeError as exc:  # a lone surrogate
-        raise ValidationFailed(f"{field_name} is not valid Unicode: {exc}", field=field_name)
+        raise ValidationFailed(
+            f"{field_name} is not valid Unicode: {exc}", field=field_name
+        ) from exc
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     encoded = binascii.b2a_qp(data, istext=True)
@@ -241,8 +243,9 @@ def _unstructured_header(name: str, value: str) -> str:
         if len(prefix) + len(value) <= MAX_LINE:
             return f"{prefix}{value}\r\n"
         folded = _fold(prefix, value)
-        if folded is not None:
+        if folded is not None and max(map(len, folded.split(CRLF))) <= MAX_LINE:
             return folded
+        # A word too long for one line: encoded-words can be cut anywhere.
     first_room = ENCODED_WORD_LINE - len(prefix)
     if first_room < MIN_FIRST_WORD:  # a very long header name: start on the next line
         prefix, first_room = f"{name}:\r\n ", MAX_ENCODED_WORD
@@ -366,7 +369,7 @@ def _encoded_words(
     try:
         raw_len = len(value.encode())
     except UnicodeEncodeError as exc:  # a lone surrogate
-        raise ValidationFailed(f"header text is not valid Unicode: {exc}", field="headers")
+        raise ValidationFailed(f"header text is not valid Unicode: {exc}", field="headers") from exc
     if len(q(value)) <= -(-raw_len // 3) * 4:
         opener, encode = "=?utf-8?q?", q
     else:

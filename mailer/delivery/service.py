@@ -102,7 +102,7 @@ class CaptureStore:
 
 def _trim(session: Session, keep: int) -> None:
     newest = session.execute(
-        select(CapturedMessage.id).order_by(col(CapturedMessage.id).desc()).offset(keep).limit(1)
+        select(col(CapturedMessage.id)).order_by(col(CapturedMessage.id).desc()).offset(keep).limit(1)
     ).scalar()
     if newest is not None:
         session.execute(delete(CapturedMessage).where(col(CapturedMessage.id) <= newest))

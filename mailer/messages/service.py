@@ -33,7 +33,9 @@ class ClaimedRow:
     attempts: int
 
 
-def claim_batch(session: Session, message_ids: Sequence[int], *, now: datetime | None = None) -> list[ClaimedRow]:
+def claim_batch(
+    session: Session, message_ids: Sequence[int], *, now: datetime | None = None
+) -> list[ClaimedRow]:
     """Atomically take the rows of *message_ids* that are still to send.
 
     Rows already sent, failed or claimed by another worker are left alone, which is what
@@ -55,12 +57,18 @@ def claim_batch(session: Session, message_ids: Sequence[int], *, now: datetime |
             state=MessageState.SENDING,
             claim_token=token,
             claimed_at=now,
-            attempts=Message.attempts + 1,
+            attempts=col(Message.attempts) + 1,
             updated_at=now,
         )
     )
     rows = session.execute(
-        select(Message.id, Message.contact_id, Message.to_address, Message.to_name, Message.attempts)
+        select(
+            col(Message.id),
+            col(Message.contact_id),
+            col(Message.to_address),
+            col(Message.to_name),
+            col(Message.attempts),
+        )
         .where(col(Message.claim_token) == token, col(Message.state) == MessageState.SENDING)
         .order_by(col(Message.id))
     ).all()
@@ -120,7 +128,7 @@ def record_results(
 
 def count_by_state(session: Session, campaign_id: int) -> dict[str, int]:
     rows = session.execute(
-        select(Message.state, func.count())
+        select(col(Message.state), func.count())
         .where(col(Message.campaign_id) == campaign_id)
         .group_by(col(Message.state))
     ).all()
@@ -131,7 +139,7 @@ def pending_ids(session: Session, campaign_id: int) -> list[int]:
     """Ids of rows still to send (queued, or deferred whatever their due time)."""
     return list(
         session.execute(
-            select(Message.id)
+            select(col(Message.id))
             .where(
                 col(Message.campaign_id) == campaign_id,
                 col(Message.state).in_([MessageState.QUEUED, MessageState.DEFERRED]),
@@ -141,7 +149,9 @@ def pending_ids(session: Session, campaign_id: int) -> list[int]:
     )
 
 
-def release_expired_claims(session: Session, lease: timedelta, *, now: datetime | None = None) -> list[int]:
+def release_expired_claims(
+    session: Session, lease: timedelta, *, now: datetime | None = None
+) -> list[int]:
     """Offer again the rows a dead worker claimed and never settled; returns their campaigns.
 
     The worker died between its claim and recording the outcome; the relay may or may not
@@ -153,7 +163,7 @@ def release_expired_claims(session: Session, lease: timedelta, *, now: datetime 
     stale = col(Message.state) == MessageState.SENDING
     campaigns = list(
         session.execute(
-            select(Message.campaign_id).where(stale, col(Message.claimed_at) < cutoff).distinct()
+            select(col(Message.campaign_id)).where(stale, col(Message.claimed_at) < cutoff).distinct()
         ).scalars()
     )
     if campaigns:

@@ -52,8 +52,10 @@ def requeue_sending_campaigns() -> None:
     ledger did.  Harmless with a durable broker: the actor skips rows already handled.
     """
     with session_scope() as session:
-        ids = session.execute(
-            select(Campaign.id).where(col(Campaign.state) == CampaignState.SENDING)
-        ).scalars().all()
+        ids = (
+            session.execute(select(col(Campaign.id)).where(col(Campaign.state) == CampaignState.SENDING))
+            .scalars()
+            .all()
+        )
     for campaign_id in ids:
         enqueue_pending(campaign_id)

@@ -54,8 +54,8 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
     context.update(
         user=user,
         role_label=ROLE_LABELS_ES.get(role) if role else None,  # type: ignore[call-overload]
-        can_edit=bool(role) and can(role, Permission.EDIT),
-        can_send=bool(role) and can(role, Permission.SEND),
+        can_edit=role is not None and can(role, Permission.EDIT),
+        can_send=role is not None and can(role, Permission.SEND),
         csrf_token=csrf_token(request),
         state_labels=STATE_LABELS_ES,
         flash=request.session.pop("flash", None),
@@ -92,7 +92,10 @@ def login_submit(
         audit(session, None, "login.failed", email[:200], ip=_ip(request))
         session.commit()
         return render(
-            request, "login.html", status_code=401, error="Correo o contraseña incorrectos.",
+            request,
+            "login.html",
+            status_code=401,
+            error="Correo o contraseña incorrectos.",
             email=email,
         )
     principal = user_principal(user)
@@ -166,7 +169,11 @@ def list_detail(
         session, principal.account_id, list_id, offset=(page - 1) * 100, limit=100
     )
     return render(
-        request, "list_detail.html", lst=lst, contacts=contacts, page=page,
+        request,
+        "list_detail.html",
+        lst=lst,
+        contacts=contacts,
+        page=page,
         members=audience.list_size(session, list_id),
     )
 
@@ -188,17 +195,33 @@ def list_import(
     except MailerError as exc:
         session.rollback()
         return render(
-            request, "list_detail.html", status_code=422, lst=lst, contacts=[], page=1,
-            members=audience.list_size(session, list_id), import_error=exc.message,
+            request,
+            "list_detail.html",
+            status_code=422,
+            lst=lst,
+            contacts=[],
+            page=1,
+            members=audience.list_size(session, list_id),
+            import_error=exc.message,
         )
     audit(
-        session, principal, "list.import", f"list:{list_id}", ip=_ip(request),
-        file=file.filename, rows=report.rows, errors=len(report.errors),
+        session,
+        principal,
+        "list.import",
+        f"list:{list_id}",
+        ip=_ip(request),
+        file=file.filename,
+        rows=report.rows,
+        errors=len(report.errors),
     )
     session.commit()
     request.session["last_import_errors"] = report.errors_csv()[:100_000]
     return render(
-        request, "import_report.html", lst=lst, report=report, filename=file.filename or "",
+        request,
+        "import_report.html",
+        lst=lst,
+        report=report,
+        filename=file.filename or "",
     )
 
 
@@ -244,7 +267,11 @@ def template_create(
         )
     except MailerError as exc:
         return render(
-            request, "template_edit.html", status_code=422, template=None, form=form,
+            request,
+            "template_edit.html",
+            status_code=422,
+            template=None,
+            form=form,
             error=str(exc),
         )
     audit(session, principal, "template.create", f"template:{template.id}", ip=_ip(request))
@@ -275,13 +302,22 @@ def template_save(
     template = templates.get_template(session, principal.account_id, template_id)
     try:
         templates.update_template(
-            session, principal.account_id, template_id, name=name, subject=subject, html=html,
+            session,
+            principal.account_id,
+            template_id,
+            name=name,
+            subject=subject,
+            html=html,
             text=text or None,
         )
     except MailerError as exc:
         session.rollback()
         return render(
-            request, "template_edit.html", status_code=422, template=template, form=form,
+            request,
+            "template_edit.html",
+            status_code=422,
+            template=template,
+            form=form,
             error=str(exc),
         )
     audit(session, principal, "template.update", f"template:{template_id}", ip=_ip(request))
@@ -308,8 +344,11 @@ def template_preview(
     try:
         compiled = compile_template(template.subject, template.html, template.text)
         rendered = compiled.render(
-            {"contact": SAMPLE_CONTACT, "campaign": {"name": "Vista previa"},
-             "unsubscribe_url": "#"}
+            {
+                "contact": SAMPLE_CONTACT,
+                "campaign": {"name": "Vista previa"},
+                "unsubscribe_url": "#",
+            }
         )
     except MailerError as exc:
         return HTMLResponse(f"<pre>{exc}</pre>", status_code=422)
@@ -317,7 +356,9 @@ def template_preview(
 
 
 _SANDBOX_HEADERS = {
-    "Content-Security-Policy": "sandbox; default-src 'none'; img-src https: data:; style-src 'unsafe-inline'",
+    "Content-Security-Policy": (
+        "sandbox; default-src 'none'; img-src https: data:; style-src 'unsafe-inline'"
+    ),
     "X-Content-Type-Options": "nosniff",
 }
 
@@ -327,7 +368,12 @@ _SANDBOX_HEADERS = {
 
 @router.get("/campaigns/new")
 def campaign_new(request: Request, session: SessionDep, principal: Editor) -> HTMLResponse:
-    return render(request, "campaign_new.html", **_campaign_form_context(session, principal.account_id), form={})
+    return render(
+        request,
+        "campaign_new.html",
+        **_campaign_form_context(session, principal.account_id),
+        form={},
+    )
 
 
 def _campaign_form_context(session: Any, account_id: int) -> dict[str, Any]:
@@ -351,18 +397,34 @@ def campaign_create(
     from_email: Annotated[str, Form()] = "",
     subject: Annotated[str, Form()] = "",
 ) -> Response:
-    form = {"name": name, "template_id": template_id, "list_id": list_id,
-            "from_name": from_name, "from_email": from_email, "subject": subject}
+    form = {
+        "name": name,
+        "template_id": template_id,
+        "list_id": list_id,
+        "from_name": from_name,
+        "from_email": from_email,
+        "subject": subject,
+    }
     try:
         campaign = campaigns.create_campaign(
-            session, principal.account_id, name=name, template_id=template_id, list_id=list_id,
-            from_email=from_email, from_name=from_name, subject=subject or None,
+            session,
+            principal.account_id,
+            name=name,
+            template_id=template_id,
+            list_id=list_id,
+            from_email=from_email,
+            from_name=from_name,
+            subject=subject or None,
             created_by=principal.actor,
         )
     except MailerError as exc:
         session.rollback()
         return render(
-            request, "campaign_new.html", status_code=422, form=form, error=exc.message,
+            request,
+            "campaign_new.html",
+            status_code=422,
+            form=form,
+            error=exc.message,
             **_campaign_form_context(session, principal.account_id),
         )
     audit(session, principal, "campaign.create", f"campaign:{campaign.id}", ip=_ip(request))
@@ -452,8 +514,13 @@ def captured_detail(
     message = delivery.get_captured(session, captured_id)
     parsed, html, text = _parts(message.data)
     return render(
-        request, "captured_detail.html", message=message, headers=list(parsed.items()),
-        has_html=html is not None, text=text, raw=message.data.decode("utf-8", "replace"),
+        request,
+        "captured_detail.html",
+        message=message,
+        headers=list(parsed.items()),
+        has_html=html is not None,
+        text=text,
+        raw=message.data.decode("utf-8", "replace"),
     )
 
 
@@ -495,7 +562,6 @@ async def unsubscribe_submit(request: Request, token: str, session: SessionDep) 
     if one_click:
         return Response(status_code=200)
     return render(request, "unsubscribe.html", target=target, token=token, done=True)
-
 
 
 def error_page(request: Request, exc: MailerError) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from mailer.storage.db import load_models, make_engine
 
 config = context.config

@@ -34,11 +34,12 @@ def test_bad_rows_reported_by_line_good_rows_imported(
 ) -> None:
     account_id, list_id = account_and_list
     csv_file = write(
-        tmp_path, "contacts.csv",
+        tmp_path,
+        "contacts.csv",
         "email,nombre,empresa,ruc\n"
         "ana@example.pe,Ana,ACME,20100000001\n"
         "not-an-email,Bad,ACME,1\n"
-        "luis@example.pe,Luis,\"Servicios, S.A.C.\",20100000002\n"
+        'luis@example.pe,Luis,"Servicios, S.A.C.",20100000002\n'
         "broken@example.pe,Only two\n"
         "\n"
         "ANA@example.pe,Ana again,ACME,20100000001\n"
@@ -50,7 +51,10 @@ def test_bad_rows_reported_by_line_good_rows_imported(
     assert [(e.line, e.column) for e in report.errors] == [(3, "email"), (5, "*")]
     assert "columns" in report.errors[1].reason
     assert report.mapping == {
-        "email": "email", "nombre": "first_name", "empresa": "company", "ruc": "attr:ruc"
+        "email": "email",
+        "nombre": "first_name",
+        "empresa": "company",
+        "ruc": "attr:ruc",
     }
     with session_scope() as session:
         assert list_size(session, list_id) == 3
@@ -65,7 +69,8 @@ def test_bad_rows_reported_by_line_good_rows_imported(
 def test_windows_1252_semicolons_and_bom(tmp_path: Path, account_and_list: tuple[int, int]) -> None:
     account_id, list_id = account_and_list
     cp1252 = write(
-        tmp_path, "excel.csv",
+        tmp_path,
+        "excel.csv",
         "Correo Electrónico;Nombres;Apellidos;Teléfono\r\n"
         "jose@example.pe;José;Núñez;987654321\r\n"
         "maria@example.pe;María;Peña;\r\n",

@@ -89,7 +89,7 @@ def test_untracked_hrefs_are_left_alone() -> None:
 
 
 def test_a_link_that_renders_to_no_http_url_is_not_tracked() -> None:
-    html = "<a href=\"{{ url }}\">x</a>"
+    html = '<a href="{{ url }}">x</a>'
     calls: list[int] = []
 
     def link_url(index: int, url: str) -> str:

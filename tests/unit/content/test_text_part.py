@@ -111,3 +111,26 @@ def test_nested_and_numbered_lists() -> None:
     text = compile_template("s", html).render({}).text
 
     assert text == "1. Uno\n  - a\n  - b\n2. Dos\n\nFin\n"
+
+
+def test_omitted_end_tags_do_not_swallow_the_text() -> None:
+    html = (
+        "<html><head><title>t</title><body>"
+        "<p style='display:none'>oculto<p>Uno<li>Dos</body></html>"
+    )
+
+    assert compile_template("s", html, inline_css=False).render({}).text == "oculto\n\nUno\n- Dos\n"
+
+
+def test_conditional_text_keeps_its_paragraphs() -> None:
+    html = (
+        "<p>{% if vip %}Es cliente VIP{% endif %}</p>\n<p>Siguiente</p>\n"
+        "<ul>{% for d in docs %}<li>{{ d }}{% if d == 'b' %} (nuevo){% endif %}</li>{% endfor %}"
+        "</ul>\n<p>Fin</p>"
+    )
+    template = compile_template("s", html)
+
+    assert template.render({"vip": True, "docs": ["a", "b"]}).text == (
+        "Es cliente VIP\n\nSiguiente\n\n- a\n- b (nuevo)\n\nFin\n"
+    )
+    assert template.render({"vip": False, "docs": []}).text == "Siguiente\n\nFin\n"

@@ -49,5 +49,6 @@ def test_expected_paths() -> None:
     assert not MESSAGE_STATE.allowed(MessageState.SENT, MessageState.SENDING)  # never twice
     assert not CHANNEL_STATUS.allowed(ChannelStatus.COMPLAINED, ChannelStatus.ACTIVE)
     assert MESSAGE_STATE.sources_of(MessageState.SENDING) == {
-        MessageState.QUEUED, MessageState.DEFERRED
+        MessageState.QUEUED,
+        MessageState.DEFERRED,
     }

@@ -1,0 +1,99 @@
+"""User-authored templates run sandboxed, escaped and lenient with missing data."""
+
+from __future__ import annotations
+
+import pytest
+from jinja2.exceptions import SecurityError
+
+from mailer.content import TemplateError, compile_template
+
+ESCAPES = [
+    "{{ ''.__class__.__mro__ }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__ }}",
+    "{{ joiner.__init__.__globals__.os }}",
+    "{{ namespace.__init__.__globals__ }}",
+    "{{ contact.__class__ }}",
+    "{{ self.__init__.__globals__ }}",
+    "{{ '{0.__class__}'.format('') }}",
+    "{{ (1).__class__.__base__.__subclasses__() }}",
+    "{{ range.__init__ }}",
+    "{% for c in [].__class__.__base__.__subclasses__() %}{{ c }}{% endfor %}",
+]
+
+
+@pytest.mark.parametrize("source", ESCAPES)
+@pytest.mark.parametrize("part", ["subject", "html", "text"])
+def test_escapes_from_the_sandbox_fail_at_render(source: str, part: str) -> None:
+    parts = {"subject": "s", "html": "<p>x</p>", "text": "t", part: f"a\n{source}"}
+    template = compile_template(parts["subject"], parts["html"], parts["text"])
+
+    with pytest.raises(TemplateError) as caught:
+        template.render({"contact": {"first_name": "Ana"}})
+
+    assert caught.value.part == part
+    assert isinstance(caught.value.__cause__, SecurityError)
+    assert caught.value.message.startswith("not allowed in a template: ")
+
+
+def test_templates_cannot_mutate_their_context() -> None:
+    items = ["a"]
+    template = compile_template("s", "{{ items.append('b') }}")
+
+    with pytest.raises(TemplateError):
+        template.render({"items": items})
+
+    assert items == ["a"]
+
+
+def test_html_is_autoescaped_but_not_subject_and_text() -> None:
+    contact = {"first_name": "<script>alert(1)</script>", "company": "Ríos & Hijos"}
+    template = compile_template(
+        "Hola {{ contact.first_name }}", "<p>{{ contact.first_name }} — {{ contact.company }}</p>"
+    )
+
+    message = template.render({"contact": contact})
+
+    assert message.html == "<p>&lt;script&gt;alert(1)&lt;/script&gt; — Ríos &amp; Hijos</p>"
+    assert message.subject == "Hola <script>alert(1)</script>"
+    assert message.text == "<script>alert(1)</script> — Ríos & Hijos\n"
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {},
+        {"contact": {}},
+        {"contact": {"first_name": None}},
+        {"contact": {"first_name": ""}},
+        {"contact": {"first_name": "   "}},
+    ],
+)
+def test_default_covers_missing_none_and_empty_fields(context: dict[str, object]) -> None:
+    template = compile_template(
+        'Estimado {{ contact.first_name | default("proveedor") }}',
+        '<p>Estimado {{ contact.first_name | default("proveedor", true) }}</p>',
+    )
+
+    message = template.render(context)
+
+    assert message.subject == "Estimado proveedor"
+    assert message.html == "<p>Estimado proveedor</p>"
+
+
+def test_default_keeps_a_real_value_and_a_zero() -> None:
+    template = compile_template('{{ n | default("-") }} {{ name | d("x") }}', "<p></p>")
+
+    assert template.render({"n": 0, "name": "Ana"}).subject == "0 Ana"
+
+
+def test_undefined_and_none_render_empty() -> None:
+    template = compile_template("s", "<p>[{{ missing }}][{{ a.b.c }}][{{ phone }}]</p>")
+
+    assert template.render({"phone": None}).html == "<p>[][][]</p>"
+
+
+def test_a_key_starting_with_underscore_is_data_not_an_attribute() -> None:
+    template = compile_template("s", "<p>[{{ row._id }}]</p>")
+
+    assert template.render({"row": {"_id": 7}}).html == "<p>[7]</p>"
