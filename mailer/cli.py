@@ -383,6 +383,8 @@ def _log_setup() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # aiosmtpd logs every SMTP command of the capture relay at INFO.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 @app.command()

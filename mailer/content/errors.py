@@ -13,7 +13,7 @@ class TemplateError(ValidationFailed):
     """A template cannot be compiled or rendered.
 
     ``part`` is the part of the message at fault, ``line`` the line within that part's
-    source (when known) and ``message`` what is wrong and, where possible, how to fix it.
+    source (when known) and ``detail`` what is wrong and, where possible, how to fix it.
     ``str()`` gives all three, e.g. ``html, line 12: unexpected '}'``.
     """
 
@@ -22,6 +22,6 @@ class TemplateError(ValidationFailed):
     def __init__(self, message: str, *, part: TemplatePart, line: int | None = None) -> None:
         where = part if line is None else f"{part}, line {line}"
         super().__init__(f"{where}: {message}", field=part)
-        self.message = message
+        self.detail = message  # what is wrong, without the location (message has both)
         self.part: TemplatePart = part
         self.line = line

@@ -34,6 +34,7 @@ HARD_MAX_LINE = 998  # RFC 5322 §2.1.1: MUST
 MAX_ENCODED_WORD = 75  # RFC 2047 §2
 ENCODED_WORD_LINE = 76  # RFC 2047 §2: a line holding encoded-words
 MIN_FIRST_WORD = 24  # an encoded-word carrying at least a few characters
+MAX_ADDRESS = 320  # RFC 5321 §4.5.3.1: 64 for the local part, 255 for the domain
 
 # Headers assemble() writes itself; callers may not add a second copy.
 GENERATED_HEADERS = frozenset(
@@ -130,7 +131,7 @@ def assemble(
     CRLF or CR; they go out as CRLF.
     """
     message_id = message_id.removeprefix("<").removesuffix(">")
-    if not _ADDRESS.match(message_id):
+    if not _ADDRESS.match(message_id) or len(message_id) > MAX_ADDRESS:
         raise ValidationFailed(f"invalid Message-ID: {message_id!r}", field="message_id")
     if date.tzinfo is None:
         date = date.replace(tzinfo=UTC)
@@ -308,7 +309,7 @@ def _address_header(name: str, display_name: str | None, address: str) -> str:
 def _normalise_address(name: str, address: str) -> str:
     """Check an addr-spec; a non-ASCII domain goes out as IDNA, a non-ASCII local part
     stays UTF-8 (RFC 6532; the relay must offer SMTPUTF8)."""
-    if not _ADDRESS.match(address):
+    if not _ADDRESS.match(address) or len(address) > MAX_ADDRESS:
         raise ValidationFailed(f"invalid {name} address: {address!r}", field=name.lower())
     local, _, domain = address.rpartition("@")
     if not domain.isascii():

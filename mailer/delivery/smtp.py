@@ -150,7 +150,10 @@ class SmtpTransport:
         return [result for result in results if result is not None]
 
     async def aclose(self) -> None:
-        """Quit the idle connections."""
+        """Quit the idle connections (call it while no ``send_many`` is running)."""
+        if self._loop is not asyncio.get_running_loop():
+            self._abandon_idle()
+            return
         idle, self._idle = self._idle, []
         await asyncio.gather(*(self._quit(connection) for connection in idle))
 
@@ -285,17 +288,22 @@ class SmtpTransport:
     # -- connections ----------------------------------------------------------------------
 
     def _bind_to_running_loop(self) -> asyncio.Semaphore:
-        """Connections and the semaphore belong to one event loop; on a new loop, forget
-        the idle connections of the old one (their sockets die with it)."""
+        """Connections and the semaphore belong to one event loop.  Keep using one loop
+        (and call ``aclose()`` on it) to keep connections between batches; on a new loop
+        the idle connections of the old one are abandoned."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._slots is None:
-            for connection in self._idle:
-                with contextlib.suppress(RuntimeError):  # the old loop is closed already
-                    connection.smtp.close()
-            self._idle = []
+            self._abandon_idle()
             self._loop = loop
             self._slots = asyncio.Semaphore(self.max_connections)
         return self._slots
+
+    def _abandon_idle(self) -> None:
+        for connection in self._idle:
+            # With its loop closed, the socket is only released when collected.
+            with contextlib.suppress(RuntimeError):
+                connection.smtp.close()
+        self._idle = []
 
     async def _checkout(self) -> _Connection | str:
         """An idle connection that is still fresh, else a new one; a text if that fails."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Annotated
 
@@ -16,6 +17,14 @@ from mailer.core.errors import MailerError
 from mailer.storage.db import request_session
 
 SessionDep = Annotated[Session, Depends(request_session, scope="function")]
+
+
+@dataclass(frozen=True, slots=True)
+class PortalUser:
+    id: int
+    email: str
+    name: str
+    role: str
 
 
 class LoginRequired(MailerError):
@@ -59,7 +68,8 @@ def current_principal(request: Request, session: SessionDep) -> Principal:
     if user is None:
         request.session.clear()
         raise LoginRequired("log in first")
-    request.state.user = user
+    # A plain snapshot: pages render it even after the request's session rolled back.
+    request.state.user = PortalUser(user.id or 0, user.email, user.name, user.role)
     return user_principal(user)
 
 

@@ -217,6 +217,39 @@ def test_idle_connections_are_kept_between_batches(
     assert len(handler.peers) == 2
 
 
+def test_concurrent_batches_share_the_connection_limit(
+    scripted: tuple[ScriptedHandler, _Controller],
+) -> None:
+    handler, controller = scripted
+    transport = _transport(controller.port, max_connections=3)
+
+    async def three_batches() -> list[Any]:
+        batches = [[_envelope(i) for i in range(start, start + 30)] for start in (0, 30, 60)]
+        try:
+            return await asyncio.gather(*(transport.send_many(batch) for batch in batches))
+        finally:
+            await transport.aclose()
+
+    results = asyncio.run(three_batches())
+    assert all(result.accepted for batch in results for result in batch)
+    assert [result.message_id for result in results[1]] == list(range(30, 60))
+    assert len(handler.delivered) == 90
+    assert len(handler.peers) <= 3
+
+
+def test_a_new_event_loop_gets_new_connections(
+    scripted: tuple[ScriptedHandler, _Controller],
+) -> None:
+    handler, controller = scripted
+    transport = _transport(controller.port, max_connections=2)
+    first = asyncio.run(transport.send_many([_envelope(i) for i in range(4)]))
+    second = asyncio.run(transport.send_many([_envelope(i) for i in range(4, 8)]))
+    asyncio.run(transport.aclose())
+    assert all(result.accepted for result in first + second)
+    assert len(handler.delivered) == 8
+    assert len(handler.peers) == 4  # the first loop's connections were not reused
+
+
 def test_it_is_a_transport() -> None:
     assert isinstance(_transport(25), Transport)
     assert asyncio.run(_transport(25).send_many([])) == []

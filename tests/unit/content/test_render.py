@@ -85,7 +85,7 @@ def test_template_code_the_html_parser_would_drop_is_refused() -> None:
         compile_template("s", html)
 
     assert (caught.value.part, caught.value.line) == ("html", 3)
-    assert caught.value.message.startswith("CSS inlining would move, copy or drop '{{ tag }}'")
+    assert caught.value.detail.startswith("CSS inlining would move, copy or drop '{{ tag }}'")
     # without inlining the same template is fine
     assert compile_template("s", html, inline_css=False).render({"tag": "b"}).html == (
         "<style>p { color: red }</style>\n<p>a</p>\n<b>x</b>\n"

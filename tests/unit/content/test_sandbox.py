@@ -33,7 +33,7 @@ def test_escapes_from_the_sandbox_fail_at_render(source: str, part: str) -> None
 
     assert caught.value.part == part
     assert isinstance(caught.value.__cause__, SecurityError)
-    assert caught.value.message.startswith("not allowed in a template: ")
+    assert caught.value.detail.startswith("not allowed in a template: ")
 
 
 def test_templates_cannot_mutate_their_context() -> None:

@@ -22,7 +22,7 @@ def test_template_error_is_a_validation_error_with_part_and_line() -> None:
     assert isinstance(error, ValidationFailed) and isinstance(error, MailerError)
     assert (error.code, error.part, error.field) == ("template_error", "html", "html")
     assert error.line == 2
-    assert error.message == "unexpected '}'"
+    assert error.detail == "unexpected '}'"
     assert str(error) == "html, line 2: unexpected '}'"
 
 
@@ -32,7 +32,7 @@ def test_unclosed_if_reports_the_line_that_opened_it() -> None:
     error = compile_error(html=html)
 
     assert (error.part, error.line) == ("html", 3)
-    assert error.message == "'{% if %}' is never closed; add {% endif %} where the block ends"
+    assert error.detail == "'{% if %}' is never closed; add {% endif %} where the block ends"
 
 
 def test_unclosed_block_inside_closed_ones() -> None:
@@ -41,14 +41,14 @@ def test_unclosed_block_inside_closed_ones() -> None:
     error = compile_error(html=html)
 
     assert error.line == 5
-    assert "{% endif %}" in error.message
+    assert "{% endif %}" in error.detail
 
 
 def test_if_without_condition_reports_its_line() -> None:
     error = compile_error(html="<p>a</p>\n\n<p>{% if %}b{% endif %}</p>")
 
     assert error.line == 3
-    assert "Expected an expression" in error.message
+    assert "Expected an expression" in error.detail
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_each_part_is_named(part: str, kwargs: dict[str, str], line: int) -> Non
 def test_unknown_filter_is_found_at_compile_time() -> None:
     error = compile_error(html="<p>\n{{ total | dinero }}</p>")
 
-    assert (error.line, error.message) == (2, "No filter named 'dinero'.")
+    assert (error.line, error.detail) == (2, "No filter named 'dinero'.")
 
 
 @pytest.mark.parametrize(
@@ -88,15 +88,15 @@ def test_handlebars_and_mustache_are_recognised(source: str, advice: str) -> Non
     error = compile_error(html=f"<p>Hola</p>\n<div>\n{source}\n</div>")
 
     assert error.line == 3
-    assert "is Handlebars/Mustache syntax, not Jinja; " in error.message
-    assert advice in error.message
+    assert "is Handlebars/Mustache syntax, not Jinja; " in error.detail
+    assert advice in error.detail
 
 
 def test_handlebars_closing_tag_alone() -> None:
     error = compile_error(html="<p>a</p>\n{{/each}}")
 
     assert error.line == 2
-    assert error.message.endswith("close the block with {% endfor %}")
+    assert error.detail.endswith("close the block with {% endfor %}")
 
 
 def test_jinja_raw_block_may_show_handlebars() -> None:
@@ -109,7 +109,7 @@ def test_loading_other_templates_is_refused() -> None:
     error = compile_error(html="<p>a</p>\n{% include 'footer.html' %}")
 
     assert error.line == 2
-    assert error.message.startswith("{% include %} is not available")
+    assert error.detail.startswith("{% include %} is not available")
 
 
 def test_a_link_must_be_a_template_on_its_own() -> None:
@@ -118,7 +118,7 @@ def test_a_link_must_be_a_template_on_its_own() -> None:
     error = compile_error(html=html)
 
     assert (error.part, error.line) == ("html", 2)
-    assert "is not a complete template on its own" in error.message
+    assert "is not a complete template on its own" in error.detail
 
 
 def test_check_syntax_accepts_and_refuses_like_compile() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import random
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
@@ -249,6 +250,18 @@ def test_from_lines_never_start_a_body_line() -> None:
     assert text == "From here\n" + "From " + "y" * 71 + "\n" + ("From " + "z" * 300)
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_random_bodies_round_trip(seed: int) -> None:
+    rng = random.Random(seed)
+    alphabet = ["a", "b", " ", "  ", "\t", "=", ".", "From ", "\n", "ñ", "€", "😀", "x" * 70]
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 600)))
+    raw = _assemble(text=text, html=text[::-1])
+    _assert_wire_rules(raw)
+    body = raw.partition(b"\r\n\r\n")[2]
+    assert not any(line.startswith(b"From ") for line in body.split(b"\r\n"))
+    assert _parts(_parse(raw)) == (text, text[::-1])
+
+
 def test_non_ascii_address_domain_goes_out_as_idna() -> None:
     raw = _assemble(to_email="ana@correo.ñandú.pe")
     assert b"ana@correo.xn--and-6ma2c.pe" in raw
@@ -262,6 +275,7 @@ def test_non_ascii_address_domain_goes_out_as_idna() -> None:
         ({"to_email": "a@b.pe>, evil@example.com"}, "to"),
         ({"to_name": "Juan\nBcc: x@example.com"}, "to"),
         ({"message_id": "no-at-sign"}, "message_id"),
+        ({"to_email": "a" * 300 + "@example.pe"}, "to"),
         ({"per_message_headers": [("Subject", "second subject")]}, "headers"),
         ({"per_message_headers": [("Bad Name", "x")]}, "headers"),
         ({"list_unsubscribe": "<https://x.pe/" + "a" * 1000 + ">"}, "list-unsubscribe"),

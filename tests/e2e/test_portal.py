@@ -1,0 +1,282 @@
+"""The portal in a real browser: log in, send the demo campaign through the capture relay,
+look at a captured message, import a CSV, edit templates and log out.
+
+Every step leaves a full-page screenshot in ``tests/e2e/screenshots/`` (git-ignored) for a
+visual review.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Dialog,
+    Error,
+    Page,
+    expect,
+    sync_playwright,
+)
+
+from tests.e2e.conftest import CHROMIUM_ARGS, Portal
+
+pytestmark = pytest.mark.browser
+
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 375, "height": 812}
+CAMPAIGN = "Comunicado de bienvenida (demo)"
+DEMO_LIST = "Proveedores (demo)"
+DEMO_CONTACTS = 40
+SEND_TIMEOUT = 60.0
+CSV = b"email,nombre\nnuevo@example.pe,Nuevo\nmalo-sin-arroba,Malo\n"
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path: Path) -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(chromium_path), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+class Session:
+    """One browser context on the portal, with the page errors it met and its screenshots."""
+
+    def __init__(self, context: BrowserContext, portal: Portal, folder: Path) -> None:
+        self.context = context
+        self.portal = portal
+        self.folder = folder
+        self.page = context.new_page()
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda exc: self.errors.append(f"{self.page.url}: {exc}"))
+        self.page.on("console", self._console)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(f"{self.page.url}: console: {message.text}")
+
+    def goto(self, path: str) -> None:
+        self.page.goto(self.portal.url(path))
+
+    def shot(self, name: str, page: Page | None = None) -> Path:
+        path = self.folder / f"{name}.png"
+        (page or self.page).screenshot(path=str(path), full_page=True)
+        return path
+
+
+@pytest.fixture
+def session(browser: Browser, portal: Portal, screenshots: Path) -> Iterator[Session]:
+    context = browser.new_context(viewport=DESKTOP, locale="es-PE", timezone_id="America/Lima")
+    context.set_default_timeout(15_000)
+    try:
+        yield Session(context, portal, screenshots)
+    finally:
+        context.close()
+
+
+def test_portal_flow(session: Session, browser: Browser) -> None:
+    login_fails_with_a_wrong_password(session)
+    log_in_and_see_the_dashboard(session, browser)
+    send_the_demo_campaign(session)
+    inspect_the_captured_mail(session)
+    import_a_csv_with_a_bad_row(session)
+    edit_templates(session)
+    log_out(session)
+    # Blocked sub-resources of the sandboxed previews are reported as console errors by
+    # Chromium (CSP), so only uncaught script errors fail the test.
+    uncaught = [e for e in session.errors if ": console: " not in e]
+    assert not uncaught, "\n".join(uncaught)
+
+
+def login_fails_with_a_wrong_password(session: Session) -> None:
+    page = session.page
+    session.goto("/login")
+    expect(page).to_have_title(re.compile("Ingresar"))
+    page.get_by_label("Correo electrónico").fill(session.portal.email)
+    page.get_by_label("Contraseña").fill("no-es-la-clave")
+    with page.expect_response(
+        lambda r: r.url.endswith("/login") and r.request.method == "POST"
+    ) as answer:
+        page.get_by_role("button", name="Ingresar").click()
+    assert answer.value.status == 401
+    expect(page.get_by_role("alert")).to_have_text("Correo o contraseña incorrectos.")
+    expect(page.get_by_label("Correo electrónico")).to_have_value(session.portal.email)
+    session.shot("01-login-error")
+
+
+def log_in_and_see_the_dashboard(session: Session, browser: Browser) -> None:
+    page = session.page
+    page.get_by_label("Contraseña").fill(session.portal.password)
+    page.get_by_role("button", name="Ingresar").click()
+    expect(page).to_have_url(session.portal.url("/"))
+    row = page.locator("#campaigns tbody tr", has_text=CAMPAIGN)
+    expect(row).to_have_count(1)
+    expect(row.locator(".badge")).to_have_text("Borrador")
+    expect(page.locator("header.topbar")).to_contain_text(session.portal.email)
+    session.shot("02-dashboard")
+
+    phone = browser.new_context(
+        viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True,
+        locale="es-PE", storage_state=session.context.storage_state(),
+    )
+    try:
+        mobile = phone.new_page()
+        mobile.goto(session.portal.url("/"))
+        expect(mobile.locator("#campaigns")).to_contain_text(CAMPAIGN)
+        session.shot("03-dashboard-phone", mobile)
+    finally:
+        phone.close()
+
+
+def send_the_demo_campaign(session: Session) -> None:
+    page = session.page
+    page.locator("#campaigns").get_by_role("link", name=CAMPAIGN).click()
+    expect(page).to_have_url(re.compile(r"/campaigns/\d+$"))
+    expect(page.locator("#campaign-state")).to_have_text("Borrador")
+    expect(page.locator("#count-sent")).to_have_text("0")
+    session.shot("04-campaign-draft")
+
+    dialogs: list[str] = []
+
+    def accept(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", accept)
+    with page.expect_navigation():
+        page.locator("#action-send").click()
+    assert dialogs, "sending asks for a confirmation first"
+    expect(page.get_by_role("status")).to_have_text("Envío iniciado.")
+
+    deadline = time.monotonic() + SEND_TIMEOUT
+    state = page.locator("#campaign-state")
+    while True:
+        try:
+            # While sending, the page refreshes itself every 3 s.
+            expect(state).to_have_text("Completada", timeout=5_000)
+            break
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+        try:
+            page.reload()
+        except Error:
+            pass  # raced with the page's own refresh
+    expect(page.locator("#count-sent")).to_have_text(str(DEMO_CONTACTS))
+    expect(page.locator(".facts")).to_contain_text("Fin del envío")
+    page.wait_for_load_state("load")
+    session.shot("05-campaign-completed")
+
+
+def inspect_the_captured_mail(session: Session) -> None:
+    page = session.page
+    page.get_by_role("navigation").get_by_role("link", name="Correo capturado").click()
+    expect(page).to_have_url(session.portal.url("/captured"))
+    expect(page.locator("#captured tbody tr")).to_have_count(DEMO_CONTACTS)
+    expect(page.locator(".page-head")).to_contain_text(f"{DEMO_CONTACTS} mensajes")
+    session.shot("06-captured-list")
+
+    page.locator("#captured tbody tr").first.get_by_role("link").click()
+    expect(page).to_have_url(re.compile(r"/captured/\d+$"))
+    frame = page.frame_locator("iframe.preview-frame")
+    expect(frame.locator("body")).not_to_be_empty()
+    expect(frame.locator("a").first).to_be_visible()
+    box = page.locator("iframe.preview-frame").bounding_box()
+    assert box is not None and box["width"] > 600 and box["height"] > 400
+    page.locator("summary", has_text="Cabeceras").click()
+    headers = page.locator("details", has=page.locator("summary", has_text="Cabeceras"))
+    dkim = headers.locator("tr", has=page.locator("th", has_text=re.compile("^DKIM-Signature$")))
+    expect(dkim.first).to_be_visible()
+    expect(dkim.first.locator("td")).to_contain_text("d=demo.example.pe")
+    expect(headers.locator("th", has_text=re.compile("^List-Unsubscribe$"))).to_be_visible()
+    session.shot("07-captured-message")
+
+
+def import_a_csv_with_a_bad_row(session: Session) -> None:
+    page = session.page
+    page.get_by_role("navigation").get_by_role("link", name="Listas").click()
+    expect(page).to_have_url(session.portal.url("/lists"))
+    page.get_by_role("link", name=DEMO_LIST).click()
+    expect(page).to_have_url(re.compile(r"/lists/\d+$"))
+    expect(page.locator(".page-head")).to_contain_text(f"{DEMO_CONTACTS} contactos")
+    session.shot("08-list-detail")
+
+    form = page.locator("form[action$='/import']")
+    form.locator("input[type=file]").set_input_files(
+        {"name": "proveedores-nuevos.csv", "mimeType": "text/csv", "buffer": CSV}
+    )
+    form.get_by_role("button", name="Importar").click()
+    expect(page).to_have_url(re.compile(r"/lists/\d+/import$"))
+
+    def stat(label: str) -> str:
+        return page.locator(".stat", has=page.locator("span", has_text=re.compile(f"^{label}$"))).locator(".num").inner_text()
+
+    assert stat("Filas leídas") == "2"
+    assert stat("Nuevos") == "1"
+    assert stat("Filas con errores") == "1"
+    errors = page.locator("#import-errors tbody tr")
+    expect(errors).to_have_count(1)
+    expect(errors.first.locator("td").first).to_have_text("3")
+    expect(errors.first).to_contain_text("malo-sin-arroba")
+    session.shot("09-import-report")
+
+
+def edit_templates(session: Session) -> None:
+    page = session.page
+    page.get_by_role("navigation").get_by_role("link", name="Plantillas").click()
+    expect(page).to_have_url(session.portal.url("/templates"))
+    tiles = page.locator(".grid a.tile")
+    expect(tiles.first).to_be_visible()
+    for index in range(tiles.count()):  # the lazy previews, so the screenshot shows them
+        tiles.nth(index).scroll_into_view_if_needed()
+        expect(page.frame_locator(".grid a.tile iframe").nth(index).locator("body")).not_to_be_empty()
+    session.shot("10-templates")
+
+    tiles.first.click()
+    expect(page).to_have_url(re.compile(r"/templates/\d+$"))
+    expect(page.locator("textarea[name=html]")).to_be_visible()
+    expect(page.locator("textarea[name=html]")).not_to_be_empty()
+    preview = page.locator("iframe#preview")
+    expect(preview).to_be_visible()
+    expect(page.frame_locator("iframe#preview").locator("body")).not_to_be_empty()
+    session.shot("11-template-editor")
+    page.get_by_role("button", name="Móvil").click()
+    expect(preview).to_have_css("width", "375px")
+    page.wait_for_timeout(300)  # the width transition
+    session.shot("12-template-editor-mobile")
+
+    session.goto("/templates/new")
+    expect(page.locator("iframe#preview")).to_have_count(0)
+    page.get_by_label("Nombre").fill("Plantilla rota (e2e)")
+    page.get_by_label("Asunto").fill("Prueba")
+    page.locator("textarea[name=html]").fill("<p>Hola</p>\n{% if x %}unclosed")
+    with page.expect_response(
+        lambda r: r.url.endswith("/templates/new") and r.request.method == "POST"
+    ) as answer:
+        page.get_by_role("button", name="Guardar").click()
+    assert answer.value.status == 422
+    error = page.locator("#template-error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text(re.compile(r"(línea|line)\s*2\b"))
+    # The form keeps what was typed.
+    expect(page.locator("textarea[name=html]")).to_have_value("<p>Hola</p>\n{% if x %}unclosed")
+    session.shot("13-template-error")
+
+
+def log_out(session: Session) -> None:
+    page = session.page
+    page.get_by_role("button", name="Salir").click()
+    expect(page).to_have_url(session.portal.url("/login"))
+    session.goto("/")
+    expect(page).to_have_url(session.portal.url("/login"))
+    expect(page.locator("header.topbar")).to_have_count(0)

@@ -1,0 +1,92 @@
+"""The `mailer` command, run with typer's runner against a migrated SQLite database."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from mailer.cli import app
+from mailer.core.config import Settings
+from tests.helpers import contacts_csv, start_recording_relay
+
+runner = CliRunner()
+
+
+def test_domain_add_writes_a_private_key_and_prints_the_dns_records(sqlite_settings: Settings) -> None:
+    result = runner.invoke(app, ["domain", "add", "boletin.example.pe", "--selector", "s2026"])
+    assert result.exit_code == 0, result.output
+    folder = sqlite_settings.sending_domains_dir / "boletin.example.pe"
+    key = folder / "s2026.rsa.pem"
+    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert "s2026._domainkey.boletin.example.pe" in result.output
+    assert "v=DKIM1; k=rsa; p=" in result.output
+    assert "v=spf1" in result.output and "_dmarc.boletin.example.pe" in result.output
+    again = runner.invoke(app, ["domain", "add", "boletin.example.pe"])
+    assert again.exit_code == 1 and "--replace" in again.output
+    bad = runner.invoke(app, ["domain", "add", "not a domain"])
+    assert bad.exit_code == 1 and "not a valid domain" in bad.output
+
+
+def test_user_import_and_campaign_send_from_the_command_line(
+    sqlite_settings: Settings, tmp_path: Path, configure: object
+) -> None:
+    relay, recorder = start_recording_relay()
+    try:
+        configure(sqlite_settings.database_url, MAILER_RELAY__PORT=str(relay.port))  # type: ignore[operator]
+        created = runner.invoke(
+            app, ["user", "create", "jefa@example.pe", "--password", "una clave larga",
+                  "--account-name", "Municipalidad"],
+        )
+        assert created.exit_code == 0, created.output
+        short = runner.invoke(app, ["user", "create", "x@example.pe", "--password", "corta"])
+        assert short.exit_code == 1 and "at least 10" in short.output
+        csv_path = contacts_csv(tmp_path / "c.csv", 25, extra_rows="roto-sin-arroba,X,Y,Z\n")
+        imported = runner.invoke(app, ["import", str(csv_path), "--list", "Vecinos"])
+        assert imported.exit_code == 0, imported.output
+        assert "line 27" in imported.output
+        assert runner.invoke(app, ["domain", "add", "avisos.example.pe"]).exit_code == 0
+        from mailer.content.store import create_template
+        from mailer.storage.db import session_scope
+
+        with session_scope() as session:
+            template = create_template(
+                session, 1, name="Aviso", subject="Aviso {{ contact.first_name }}",
+                html="<p>Hola {{ contact.first_name }}</p>",
+            )
+        made = runner.invoke(
+            app, ["campaign", "create", "Aviso vecinal", "--template", str(template.id),
+                  "--list", "Vecinos", "--from-email", "avisos@avisos.example.pe",
+                  "--from-name", "Municipalidad"],
+        )
+        assert made.exit_code == 0, made.output
+        sent = runner.invoke(app, ["campaign", "send", "1"])
+        assert sent.exit_code == 0, sent.output
+        listing = runner.invoke(app, ["campaign", "list"])
+        assert "completed" in listing.output
+    finally:
+        relay.stop()
+    assert len(recorder.messages) == 25
+
+
+def test_worker_refuses_to_run_without_a_shared_broker(sqlite_settings: Settings) -> None:
+    result = runner.invoke(app, ["worker"])
+    assert result.exit_code == 2 and "MAILER_BROKER_URL" in result.output
+
+
+def test_demo_is_idempotent(sqlite_settings: Settings) -> None:
+    first = runner.invoke(app, ["demo"])
+    assert first.exit_code == 0, first.output
+    assert "admin@demo.example.pe" in first.output and "Contraseña" in first.output
+    second = runner.invoke(app, ["demo"])
+    assert second.exit_code == 0 and "already set up" in second.output
+    from mailer.audience.service import list_lists
+    from mailer.content.store import list_templates
+    from mailer.storage.db import session_scope
+
+    with session_scope() as session:
+        assert [members for _lst, members in list_lists(session, 1)] == [40]
+        assert len(list_templates(session, 1)) >= 2
