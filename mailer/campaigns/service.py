@@ -110,6 +110,13 @@ def schedule_campaign(
     return campaign
 
 
+def unschedule_campaign(session: Session, account_id: int, campaign_id: int) -> Campaign:
+    campaign = get_campaign(session, account_id, campaign_id)
+    _transition(session, campaign, CampaignState.DRAFT)
+    campaign.scheduled_at = None
+    return campaign
+
+
 def _check_ready(session: Session, campaign: Campaign, settings: Settings | None = None) -> None:
     """Refuse to start what cannot be sent: a broken template or an unknown sending domain."""
     settings = settings or get_settings()

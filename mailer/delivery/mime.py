@@ -185,30 +185,38 @@ def _quoted_printable(content: str, field_name: str) -> bytes:
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     encoded = binascii.b2a_qp(data, istext=True)
-    if encoded.startswith(b"From ") or b"\nFrom " in encoded:
-        encoded = _escape_from_lines(encoded)
+    if (
+        encoded.startswith(b"From ")
+        or b"\nFrom " in encoded
+        or _ENCODED_TRAILING_WSP.search(encoded)
+        or encoded.endswith((b"=20", b"=09"))
+    ):
+        encoded = _repair_lines(encoded)
     return encoded.replace(b"\n", b"\r\n")
 
 
-def _escape_from_lines(encoded: bytes) -> bytes:
-    """Encode the F of lines starting "From " (mbox stores would mangle them to ">From ").
+# binascii.b2a_qp does not count an encoded trailing space or tab ("=20", "=09") against
+# the 76-character limit: such lines can reach 78.
+_ENCODED_TRAILING_WSP = re.compile(rb"=(?:20|09)\n")
 
-    Rare, so done line by line, re-wrapping a line that grows past 76 characters without
-    cutting an ``=XX`` escape.
+
+def _repair_lines(encoded: bytes) -> bytes:
+    """Re-wrap lines longer than 76 characters and encode the F of lines starting "From "
+    (mbox stores would mangle them to ">From "), never cutting an ``=XX`` escape.
+
+    Both are rare, so this goes line by line.
     """
     out: list[bytes] = []
     for line in encoded.split(b"\n"):
         pending = [line]
         while pending:
             current = pending.pop()
-            if not current.startswith(b"From "):
-                out.append(current)
-                continue
-            current = b"=46" + current[1:]
+            if current.startswith(b"From "):
+                current = b"=46" + current[1:]
             if len(current) <= 76:
                 out.append(current)
                 continue
-            soft = current.endswith(b"=")
+            soft = current.endswith(b"=")  # an escape ends in a hex digit, never in "="
             content = current[:-1] if soft else current
             cut = 75
             if content[cut - 1 : cut] == b"=":

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -438,6 +440,7 @@ def campaign_detail(
 ) -> HTMLResponse:
     campaign = campaigns.get_campaign(session, principal.account_id, campaign_id)
     counts = campaigns.campaign_counts(session, campaign)
+    zone = ZoneInfo(get_account(session, principal.account_id).timezone)
     return render(
         request,
         "campaign_detail.html",
@@ -446,7 +449,36 @@ def campaign_detail(
         template=templates.get_template(session, principal.account_id, campaign.template_id),
         lst=audience.get_list(session, principal.account_id, campaign.list_id),
         list_members=audience.list_size(session, campaign.list_id),
+        zone=zone,
+        local=lambda moment: moment.astimezone(zone).strftime("%d/%m/%Y %H:%M"),
     )
+
+
+@router.post("/campaigns/{campaign_id}/schedule", dependencies=[CsrfChecked])
+def campaign_schedule(
+    request: Request,
+    campaign_id: int,
+    session: SessionDep,
+    principal: Sender,
+    scheduled_at: Annotated[str, Form()] = "",
+) -> Response:
+    """Schedule for a local date and time of the account's time zone."""
+    account = get_account(session, principal.account_id)
+    try:
+        local = datetime.fromisoformat(scheduled_at)
+    except ValueError:
+        flash(request, "Indique la fecha y hora del envío (día/mes/año hora:minutos).", "error")
+        return redirect(f"/campaigns/{campaign_id}")
+    when = local.replace(tzinfo=ZoneInfo(account.timezone)).astimezone(UTC)
+    try:
+        campaigns.schedule_campaign(session, principal.account_id, campaign_id, when)
+    except MailerError as exc:
+        session.rollback()
+        flash(request, exc.message, "error")
+        return redirect(f"/campaigns/{campaign_id}")
+    audit(session, principal, "campaign.schedule", f"campaign:{campaign_id}", ip=_ip(request))
+    flash(request, f"Envío programado para el {local:%d/%m/%Y a las %H:%M} ({account.timezone}).")
+    return redirect(f"/campaigns/{campaign_id}")
 
 
 @router.post("/campaigns/{campaign_id}/{action}", dependencies=[CsrfChecked])
@@ -458,6 +490,7 @@ def campaign_action(
         "pause": "Campaña en pausa.",
         "resume": "Envío reanudado.",
         "cancel": "Campaña cancelada.",
+        "unschedule": "Programación retirada: la campaña vuelve a borrador.",
     }
     if action not in messages:
         flash(request, f"Acción desconocida: {action}", "error")
@@ -467,6 +500,8 @@ def campaign_action(
             campaigns.send_now(principal.account_id, campaign_id, actor=principal.actor)
         elif action == "resume":
             campaigns.resume_campaign(principal.account_id, campaign_id)
+        elif action == "unschedule":
+            campaigns.unschedule_campaign(session, principal.account_id, campaign_id)
         elif action == "pause":
             campaigns.pause_campaign(session, principal.account_id, campaign_id)
         else:

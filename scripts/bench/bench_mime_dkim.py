@@ -16,15 +16,22 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP
+from pathlib import Path
 
 import dkim
 
-from mailer.delivery.dkim import DkimSigner, generate_ed25519_key, generate_rsa_key
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
+from mailer.delivery.dkim import (
+    DkimSigner,
+    generate_ed25519_key,
+    generate_rsa_key,
+)
 from mailer.delivery.mime import MessageHeaders, assemble
 
 ROW = (

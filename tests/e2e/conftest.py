@@ -148,9 +148,9 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
             pytest.fail(f"`mailer demo` printed no credentials:\n{portal.log()}")
         while not _healthy(portal.url("/healthz")):
             if process.poll() is not None:
-                pytest.fail(f"`mailer demo --serve` exited with {process.returncode}:\n{portal.log()}")
+                pytest.fail(f"`mailer demo --serve` exited ({process.returncode}):\n{portal.log()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"/healthz did not answer within {STARTUP_TIMEOUT:.0f} s:\n{portal.log()}")
+                pytest.fail(f"no /healthz within {STARTUP_TIMEOUT:.0f} s:\n{portal.log()}")
             time.sleep(0.2)
         yield portal
     finally:

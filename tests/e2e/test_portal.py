@@ -7,6 +7,7 @@ visual review.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from playwright.sync_api import (
     Dialog,
     Error,
     Page,
+    ViewportSize,
     expect,
     sync_playwright,
 )
@@ -28,8 +30,8 @@ from tests.e2e.conftest import CHROMIUM_ARGS, Portal
 
 pytestmark = pytest.mark.browser
 
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 375, "height": 812}
+DESKTOP: ViewportSize = {"width": 1280, "height": 900}
+PHONE: ViewportSize = {"width": 375, "height": 812}
 CAMPAIGN = "Comunicado de bienvenida (demo)"
 DEMO_LIST = "Proveedores (demo)"
 DEMO_CONTACTS = 40
@@ -69,8 +71,22 @@ class Session:
         self.page.goto(self.portal.url(path))
 
     def shot(self, name: str, page: Page | None = None) -> Path:
+        """A full-page PNG.  Chromium does not paint sandboxed (cross-origin) iframes that
+        are outside the viewport, so a page with iframes is shot in a viewport as tall as
+        the page."""
+        page = page or self.page
         path = self.folder / f"{name}.png"
-        (page or self.page).screenshot(path=str(path), full_page=True)
+        size = page.viewport_size
+        if size is None or page.locator("iframe").count() == 0:
+            page.screenshot(path=str(path), full_page=True)
+            return path
+        height = int(page.evaluate("document.documentElement.scrollHeight"))
+        page.set_viewport_size({"width": size["width"], "height": max(height, size["height"])})
+        try:
+            page.wait_for_timeout(300)  # the frames that came into view paint
+            page.screenshot(path=str(path), full_page=True)
+        finally:
+            page.set_viewport_size(size)
         return path
 
 
@@ -168,10 +184,8 @@ def send_the_demo_campaign(session: Session) -> None:
         except AssertionError:
             if time.monotonic() > deadline:
                 raise
-        try:
+        with contextlib.suppress(Error):  # a race with the page's own refresh
             page.reload()
-        except Error:
-            pass  # raced with the page's own refresh
     expect(page.locator("#count-sent")).to_have_text(str(DEMO_CONTACTS))
     expect(page.locator(".facts")).to_contain_text("Fin del envío")
     page.wait_for_load_state("load")
@@ -219,7 +233,8 @@ def import_a_csv_with_a_bad_row(session: Session) -> None:
     expect(page).to_have_url(re.compile(r"/lists/\d+/import$"))
 
     def stat(label: str) -> str:
-        return page.locator(".stat", has=page.locator("span", has_text=re.compile(f"^{label}$"))).locator(".num").inner_text()
+        caption = page.locator("span", has_text=re.compile(f"^{label}$"))
+        return page.locator(".stat", has=caption).locator(".num").inner_text()
 
     assert stat("Filas leídas") == "2"
     assert stat("Nuevos") == "1"
@@ -239,7 +254,8 @@ def edit_templates(session: Session) -> None:
     expect(tiles.first).to_be_visible()
     for index in range(tiles.count()):  # the lazy previews, so the screenshot shows them
         tiles.nth(index).scroll_into_view_if_needed()
-        expect(page.frame_locator(".grid a.tile iframe").nth(index).locator("body")).not_to_be_empty()
+        frame = page.frame_locator(".grid a.tile iframe").nth(index)
+        expect(frame.locator("body")).not_to_be_empty()
     session.shot("10-templates")
 
     tiles.first.click()
@@ -254,6 +270,10 @@ def edit_templates(session: Session) -> None:
     expect(preview).to_have_css("width", "375px")
     page.wait_for_timeout(300)  # the width transition
     session.shot("12-template-editor-mobile")
+    page.get_by_role("button", name="Tableta").click()
+    expect(preview).to_have_css("width", "768px")
+    session.shot("13-template-editor-tablet")
+    page.get_by_role("button", name="Escritorio").click()
 
     session.goto("/templates/new")
     expect(page.locator("iframe#preview")).to_have_count(0)
@@ -270,7 +290,7 @@ def edit_templates(session: Session) -> None:
     expect(error).to_contain_text(re.compile(r"(línea|line)\s*2\b"))
     # The form keeps what was typed.
     expect(page.locator("textarea[name=html]")).to_have_value("<p>Hola</p>\n{% if x %}unclosed")
-    session.shot("13-template-error")
+    session.shot("14-template-error")
 
 
 def log_out(session: Session) -> None:

@@ -141,3 +141,28 @@ def test_one_click_unsubscribe(client: TestClient, world: World, sqlite_settings
         assert contact and contact.email_status == "unsubscribed"
     assert "Baja confirmada" in client.get(path).text
     assert client.post(path[:-3] + "AAA", data={"List-Unsubscribe": "One-Click"}).status_code == 404
+
+
+def test_schedule_in_the_account_time_zone(client: TestClient, world: World) -> None:
+    login(client, "manager@example.pe")
+    token = csrf(client, f"/campaigns/{world.campaign_id}")
+    response = client.post(
+        f"/campaigns/{world.campaign_id}/schedule",
+        data={"scheduled_at": "2099-03-01T09:30", "csrf_token": token},
+    )
+    assert "01/03/2099 09:30 (America/Lima)" in response.text
+    from mailer.campaigns.service import get_campaign
+
+    with session_scope() as session:
+        campaign = get_campaign(session, world.account_id, world.campaign_id)
+        assert campaign.state == "scheduled"
+        assert campaign.scheduled_at and campaign.scheduled_at.hour == 14  # Lima is UTC-5
+    back = client.post(
+        f"/campaigns/{world.campaign_id}/unschedule", data={"csrf_token": token}
+    )
+    assert "vuelve a borrador" in back.text
+    past = client.post(
+        f"/campaigns/{world.campaign_id}/schedule",
+        data={"scheduled_at": "2001-01-01T00:00", "csrf_token": token},
+    )
+    assert "in the past" in past.text
