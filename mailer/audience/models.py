@@ -36,6 +36,15 @@ CHANNEL_STATUS = StateMachine[ChannelStatus](
 )
 
 
+CHANNEL_LABELS_ES: dict[str, str] = {
+    _S.ACTIVE: "Activo",
+    _S.UNSUBSCRIBED: "De baja",
+    _S.BOUNCED: "Rebotado",
+    _S.COMPLAINED: "Queja",
+    _S.INVALID: "No válido",
+}
+
+
 class Contact(SQLModel, table=True):
     __tablename__ = "contacts"
     __table_args__ = (UniqueConstraint("account_id", "email"),)

@@ -32,7 +32,7 @@ from mailer.core.config import Settings, get_settings
 from mailer.core.errors import MailerError
 from mailer.core.ports import Transport
 from mailer.core.types import DeliveryResult, DeliveryStatus, Envelope
-from mailer.delivery.dkim import DkimSigner
+from mailer.delivery.dkim import MultiSigner
 from mailer.delivery.domains import load_domain
 from mailer.delivery.mime import MessageHeaders, assemble, new_message_id
 from mailer.delivery.service import transport_from_settings
@@ -53,7 +53,7 @@ class CompiledCampaign:
     name: str
     template: CompiledTemplate
     headers: MessageHeaders
-    signers: tuple[DkimSigner, ...]
+    signer: MultiSigner  # one pass over the message for every key of the domain
     domain: str
     return_path: str
     base_url: str
@@ -108,7 +108,7 @@ def compiled_campaign(session: Session, campaign: Campaign, settings: Settings) 
                 ("X-Mailer-Campaign", str(campaign.id)),
             ),
         ),
-        signers=tuple(sending_domain.signers()),
+        signer=MultiSigner(sending_domain.signers()),
         domain=sending_domain.domain,
         return_path=campaign.from_email,
         base_url=settings.base_url,
@@ -148,8 +148,7 @@ def build_envelope(
         date=utcnow(),
         list_unsubscribe=f"<{unsubscribe}>",
     )
-    for signer in compiled.signers:
-        data = signer.sign(data)
+    data = compiled.signer.sign(data)
     return Envelope(row.id, compiled.return_path, row.to_address, data), message_id
 
 

@@ -67,12 +67,9 @@ _Q_TEXT = {
 }
 _Q_PHRASE[" "] = _Q_TEXT[" "] = "_"
 
-_PART_HEADERS = {
-    "plain": b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-    "html": b"Content-Type: text/html; charset=utf-8\r\n"
-    b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-}
+_QP_UTF8 = b"; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+_TEXT_PART_HEADERS = b"Content-Type: text/plain" + _QP_UTF8
+_HTML_PART_HEADERS = b"Content-Type: text/html" + _QP_UTF8
 
 
 @dataclass(frozen=True)
@@ -160,11 +157,11 @@ def assemble(
             per_message.encode(),
             f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n'.encode(),
             delimiter,
-            _PART_HEADERS["plain"],
+            _TEXT_PART_HEADERS,
             _quoted_printable(text, "text"),
             b"\r\n",
             delimiter,
-            _PART_HEADERS["html"],
+            _HTML_PART_HEADERS,
             _quoted_printable(html, "html"),
             f"\r\n--{boundary}--\r\n".encode(),
         )

@@ -12,7 +12,7 @@ from fastapi import Depends, Form, Request
 from sqlmodel import Session
 
 from mailer.accounts.roles import Permission, can
-from mailer.accounts.service import Principal, get_user, user_principal
+from mailer.accounts.service import Principal, get_account, get_user, user_principal
 from mailer.core.errors import MailerError
 from mailer.storage.db import request_session
 
@@ -70,6 +70,7 @@ def current_principal(request: Request, session: SessionDep) -> Principal:
         raise LoginRequired("log in first")
     # A plain snapshot: pages render it even after the request's session rolled back.
     request.state.user = PortalUser(user.id or 0, user.email, user.name, user.role)
+    request.state.timezone = get_account(session, user.account_id).timezone
     return user_principal(user)
 
 

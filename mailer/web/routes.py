@@ -20,6 +20,7 @@ from mailer.accounts.service import audit, authenticate, get_account, user_princ
 from mailer.analytics.service import ledger_totals
 from mailer.audience import service as audience
 from mailer.campaigns import service as campaigns
+from mailer.audience.models import CHANNEL_LABELS_ES
 from mailer.campaigns.models import STATE_LABELS_ES
 from mailer.content import store as templates
 from mailer.content.service import compile_template
@@ -53,7 +54,13 @@ router = APIRouter(include_in_schema=False)
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     user = getattr(request.state, "user", None)
     role = user.role if user else None
+    zone = ZoneInfo(getattr(request.state, "timezone", None) or get_settings().timezone)
+    context.setdefault("zone", zone)
+    context.setdefault(
+        "local", lambda moment: moment.astimezone(zone).strftime("%d/%m/%Y %H:%M")
+    )
     context.update(
+        channel_labels=CHANNEL_LABELS_ES,
         user=user,
         role_label=ROLE_LABELS_ES.get(role) if role else None,  # type: ignore[call-overload]
         can_edit=role is not None and can(role, Permission.EDIT),
@@ -121,6 +128,7 @@ def _ip(request: Request) -> str | None:
 
 @router.get("/")
 def dashboard(request: Request, session: SessionDep, principal: Reader) -> HTMLResponse:
+    lists = audience.list_lists(session, principal.account_id)
     rows = [
         (c, campaigns.campaign_counts(session, c))
         for c in campaigns.list_campaigns(session, principal.account_id)
@@ -131,7 +139,8 @@ def dashboard(request: Request, session: SessionDep, principal: Reader) -> HTMLR
         account=get_account(session, principal.account_id),
         campaigns=rows,
         totals=ledger_totals(session, principal.account_id),
-        lists=audience.list_lists(session, principal.account_id),
+        lists=lists,
+        list_sizes={lst.id: members for lst, members in lists},
     )
 
 
@@ -440,18 +449,27 @@ def campaign_detail(
 ) -> HTMLResponse:
     campaign = campaigns.get_campaign(session, principal.account_id, campaign_id)
     counts = campaigns.campaign_counts(session, campaign)
-    zone = ZoneInfo(get_account(session, principal.account_id).timezone)
+    template = templates.get_template(session, principal.account_id, campaign.template_id)
     return render(
         request,
         "campaign_detail.html",
         campaign=campaign,
         counts=counts,
-        template=templates.get_template(session, principal.account_id, campaign.template_id),
+        template=template,
         lst=audience.get_list(session, principal.account_id, campaign.list_id),
         list_members=audience.list_size(session, campaign.list_id),
-        zone=zone,
-        local=lambda moment: moment.astimezone(zone).strftime("%d/%m/%Y %H:%M"),
+        sample_subject=_sample_subject(campaign.subject or template.subject),
     )
+
+
+def _sample_subject(subject: str) -> str:
+    """The subject as the sample contact would read it (the source is shown beside it)."""
+    try:
+        return compile_template(subject, "<p></p>", "", inline_css=False).render(
+            {"contact": SAMPLE_CONTACT, "campaign": {"name": ""}}
+        ).subject
+    except MailerError:
+        return subject
 
 
 @router.post("/campaigns/{campaign_id}/schedule", dependencies=[CsrfChecked])

@@ -25,6 +25,8 @@ from email.policy import SMTP
 from pathlib import Path
 
 import dkim
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
 from mailer.delivery.dkim import (
@@ -99,6 +101,8 @@ def main() -> None:
     date = datetime.now(UTC)
     rsa_pem, ed_pem = generate_rsa_key(2048), generate_ed25519_key()
     rsa_signer = DkimSigner.from_pem("munilima.gob.pe", "m2025", rsa_pem)
+    rsa_key = serialization.load_pem_private_key(rsa_pem, password=None)
+    assert isinstance(rsa_key, rsa.RSAPrivateKey)
     ed_signer = DkimSigner.from_pem("munilima.gob.pe", "m2025e", ed_pem)
 
     def build(index: int) -> bytes:
@@ -139,6 +143,11 @@ def main() -> None:
             lambda i: rsa_signer.sign(build(i)), count, args.repeat
         ),
         "ed25519_sign_us": _per_message(lambda i: ed_signer.sign(messages[i]), count, args.repeat),
+        "reference_rsa2048_private_key_operation_us": _per_message(
+            lambda i: rsa_key.sign(messages[i][:400], padding.PKCS1v15(), hashes.SHA256()),
+            count,
+            args.repeat,
+        ),
         "reference_stdlib_email_message_us": _per_message(stdlib_build, sample, 1),
         "reference_dkimpy_rsa2048_sign_us": _per_message(
             lambda i: dkim.sign(messages[i], b"m2025", b"munilima.gob.pe", rsa_pem),
