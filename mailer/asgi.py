@@ -24,6 +24,7 @@ from mailer.api import errors as api_errors
 from mailer.api.routes import router as api_router
 from mailer.core.config import Settings, get_settings
 from mailer.core.errors import MailerError
+from mailer.core.i18n import negotiate
 from mailer.core.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS
 from mailer.storage.db import get_engine, session_scope
 from mailer.web.routes import error_page
@@ -84,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(MailerError)
     async def mailer_error(request: Request, exc: MailerError) -> Response:
         if request.url.path.startswith("/api/"):
-            return api_errors.json_error(exc)
+            return api_errors.json_error(exc, negotiate(request.headers.get("accept-language")))
         return error_page(request, exc)
 
     @app.middleware("http")

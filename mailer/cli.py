@@ -215,6 +215,7 @@ def import_file(
                 session,
                 account_id,
                 file,
+                actor="cli",
                 list_id=lst.id,
                 mode=mode,
                 progress=lambda rows: progress.update(bar, completed=rows),

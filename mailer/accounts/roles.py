@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from mailer.core.errors import PermissionDenied
+from mailer.core.errors import PermissionDenied, Term
 from mailer.core.types import Role
 
 
@@ -35,7 +35,9 @@ def parse_role(value: str) -> Role:
         return Role(value)
     except ValueError:
         allowed = ", ".join(r.value for r in Role)
-        raise PermissionDenied(f"unknown role {value!r}; use one of: {allowed}") from None
+        raise PermissionDenied(
+            "unknown role '{role}'; use one of: {allowed}", role=value, allowed=allowed
+        ) from None
 
 
 def can(role: Role | str, permission: Permission) -> bool:
@@ -44,4 +46,8 @@ def can(role: Role | str, permission: Permission) -> bool:
 
 def require(role: Role | str, permission: Permission) -> None:
     if not can(role, permission):
-        raise PermissionDenied(f"role {Role(role).value!r} may not {permission.value}")
+        raise PermissionDenied(
+            "the role {role} may not {permission}",
+            role=Role(role).value,
+            permission=Term(permission.value),
+        )

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 from mailer.accounts.models import Account, ApiKey, AuditEntry, User
 from mailer.accounts.roles import parse_role
 from mailer.core.clock import utcnow
-from mailer.core.errors import AuthenticationFailed, Conflict, NotFound, ValidationFailed
+from mailer.core.errors import AuthenticationFailed, Conflict, NotFound, Term, ValidationFailed
 from mailer.core.tokens import hash_secret
 
 MIN_PASSWORD_LENGTH = 10
@@ -48,7 +48,7 @@ def create_account(
     if not name:
         raise ValidationFailed("account name is empty", field="name")
     if parent_id is not None and session.get(Account, parent_id) is None:
-        raise NotFound(f"parent account {parent_id} does not exist", field="parent_id")
+        raise NotFound("account {id} does not exist", field="parent_id", id=parent_id)
     account = Account(name=name, parent_id=parent_id, timezone=timezone)
     session.add(account)
     session.flush()
@@ -58,7 +58,7 @@ def create_account(
 def get_account(session: Session, account_id: int) -> Account:
     account = session.get(Account, account_id)
     if account is None:
-        raise NotFound(f"account {account_id} does not exist")
+        raise NotFound("account {id} does not exist", id=account_id)
     return account
 
 
@@ -78,14 +78,19 @@ def normalise_email(email: str, field: str = "email") -> str:
         return validate_email(email.strip(), check_deliverability=False).normalized.lower()
     except EmailNotValidError as exc:
         raise ValidationFailed(
-            f"{email!r} is not a valid e-mail address: {exc}", field=field
+            "'{email}' is not a valid e-mail address: {reason}",
+            field=field,
+            email=email,
+            reason=Term(str(exc)),
         ) from None
 
 
 def hash_password(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ValidationFailed(
-            f"the password must have at least {MIN_PASSWORD_LENGTH} characters", field="password"
+            "the password must have at least {minimum} characters",
+            field="password",
+            minimum=MIN_PASSWORD_LENGTH,
         )
     return _hasher.hash(password)
 
@@ -96,7 +101,7 @@ def create_user(
     email = normalise_email(email)
     parse_role(role)
     if session.exec(select(User).where(User.email == email)).first() is not None:
-        raise Conflict(f"a user with e-mail {email} already exists", field="email")
+        raise Conflict("a user with e-mail {email} already exists", field="email", email=email)
     user = User(
         account_id=account_id,
         email=email,
@@ -156,7 +161,7 @@ def create_api_key(
         select(ApiKey).where(ApiKey.account_id == account_id, ApiKey.name == name)
     ).first()
     if existing is not None:
-        raise Conflict(f"an API key named {name!r} already exists", field="name")
+        raise Conflict("an API key named '{name}' already exists", field="name", name=name)
     prefix = secrets.token_hex(4)
     plaintext = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey(
@@ -195,7 +200,7 @@ def verify_api_key(session: Session, plaintext: str) -> Principal:
 def revoke_api_key(session: Session, account_id: int, key_id: int) -> ApiKey:
     key = session.get(ApiKey, key_id)
     if key is None or key.account_id != account_id:
-        raise NotFound(f"API key {key_id} does not exist")
+        raise NotFound("API key {id} does not exist", id=key_id)
     key.revoked_at = key.revoked_at or utcnow()
     session.add(key)
     return key

@@ -11,8 +11,16 @@ from sqlmodel import Session
 from mailer.accounts.roles import Permission, require
 from mailer.accounts.service import Principal, verify_api_key
 from mailer.core.errors import AuthenticationFailed
+from mailer.core.i18n import negotiate
 from mailer.storage.db import request_session
 
+
+def request_locale(accept_language: Annotated[str | None, Header()] = None) -> str:
+    """Messages in Spanish unless the caller asks for English (``Accept-Language: en``)."""
+    return negotiate(accept_language)
+
+
+Locale = Annotated[str, Depends(request_locale)]
 SessionDep = Annotated[Session, Depends(request_session, scope="function")]
 
 

@@ -15,6 +15,7 @@ from mailer.core.errors import (
     PermissionDenied,
     ValidationFailed,
 )
+from mailer.core.i18n import DEFAULT_LOCALE, localise
 from mailer.core.tokens import BadToken
 
 STATUS: tuple[tuple[type[MailerError], int], ...] = (
@@ -36,10 +37,12 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, o
     return {"error": {"code": code, "message": message, "field": field}}
 
 
-def json_error(exc: MailerError) -> JSONResponse:
+def json_error(exc: MailerError, locale: str = DEFAULT_LOCALE) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationFailed) else None
     return JSONResponse(
-        error_body(exc.code, exc.message, exc.field), status_code=status_for(exc), headers=headers
+        error_body(exc.code, localise(exc, locale), exc.field),
+        status_code=status_for(exc),
+        headers=headers,
     )
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, File, Form, UploadFile, status
 from sqlmodel import Session
 
 from mailer.accounts.service import Principal, audit, get_account
-from mailer.api.deps import Editor, Reader, Sender, SessionDep
+from mailer.api.deps import Editor, Locale, Reader, Sender, SessionDep
 from mailer.api.schemas import (
     CampaignIn,
     CampaignOut,
@@ -24,6 +26,7 @@ from mailer.audience import service as audience
 from mailer.campaigns import service as campaigns
 from mailer.campaigns.models import Campaign
 from mailer.content import store as templates
+from mailer.core.i18n import localise_text
 
 router = APIRouter(prefix="/api/v1")
 
@@ -92,12 +95,19 @@ def import_into_list(
     list_id: int,
     session: SessionDep,
     principal: Editor,
+    locale: Locale,
     file: UploadFile = File(..., description="CSV file (UTF-8 or Windows-1252, , or ;)"),
     mode: str = Form("add_or_update"),
 ) -> ImportOut:
     """Import contacts from a CSV file; bad rows are reported with their line numbers."""
     report = audience.import_contacts(
-        session, principal.account_id, file.file, list_id=list_id, mode=mode
+        session,
+        principal.account_id,
+        file.file,
+        list_id=list_id,
+        mode=mode,
+        filename=file.filename or "",
+        actor=principal.actor,
     )
     audit(
         session,
@@ -109,7 +119,12 @@ def import_into_list(
         errors=len(report.errors),
     )
     session.commit()
+
+    def translate(template: str, params: dict[str, Any]) -> str:
+        return localise_text(template, params, locale)
+
     return ImportOut(
+        import_id=report.import_id,
         rows=report.rows,
         created=report.created,
         updated=report.updated,
@@ -120,7 +135,7 @@ def import_into_list(
         delimiter=report.delimiter,
         mapping=report.mapping,
         errors=[
-            RowErrorOut(line=e.line, column=e.column, value=e.value, reason=e.reason)
+            RowErrorOut(line=e.line, column=e.column, value=e.value, reason=e.message(translate))
             for e in report.errors
         ],
     )

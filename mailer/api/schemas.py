@@ -38,6 +38,7 @@ class RowErrorOut(BaseModel):
 
 
 class ImportOut(BaseModel):
+    import_id: int | None
     rows: int
     created: int
     updated: int

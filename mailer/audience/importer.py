@@ -41,10 +41,21 @@ HEADER_ALIASES: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True, slots=True)
 class RowError:
+    """A rejected row.  ``reason`` is an English template filled in with ``params``."""
+
     line: int
     column: str
     value: str
     reason: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def message(self, translate: Translate | None = None) -> str:
+        if translate is not None:
+            return translate(self.reason, self.params)
+        return self.reason.format(**self.params) if self.params else self.reason
+
+
+Translate = Callable[[str, dict[str, Any]], str]
 
 
 @dataclass(slots=True)
@@ -54,6 +65,7 @@ class ImportReport:
     updated: int = 0
     unchanged: int = 0
     duplicates_in_file: int = 0
+    import_id: int | None = None  # the record kept by audience.service.import_contacts
     skipped: int = 0  # new addresses in ``update`` mode
     added_to_list: int = 0
     encoding: str = ""
@@ -65,13 +77,17 @@ class ImportReport:
     def imported(self) -> int:
         return self.created + self.updated + self.unchanged
 
-    def errors_csv(self) -> str:
+    def errors_csv(
+        self,
+        translate: Translate | None = None,
+        header: tuple[str, ...] = ("line", "column", "value", "reason"),
+    ) -> str:
         """The downloadable report of rejected rows."""
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["line", "column", "value", "reason"])
+        writer.writerow(header)
         for error in self.errors:
-            writer.writerow([error.line, error.column, error.value, error.reason])
+            writer.writerow([error.line, error.column, error.value, error.message(translate)])
         return out.getvalue()
 
 
@@ -165,7 +181,11 @@ def import_csv(
 ) -> ImportReport:
     """Import contacts; *mode* is ``add`` (new only), ``update`` (existing only) or both."""
     if mode not in {"add", "update", "add_or_update"}:
-        raise ValidationFailed(f"unknown import mode {mode!r}", field="mode")
+        raise ValidationFailed(
+            "unknown import mode '{mode}': use add, update or add_or_update",
+            field="mode",
+            mode=mode,
+        )
     if isinstance(source, Path):
         with source.open("rb") as stream:
             return import_csv(
@@ -175,9 +195,9 @@ def import_csv(
     mapping = map_columns(headers)
     if "email" not in mapping.values():
         raise ValidationFailed(
-            "no e-mail column found: name one column 'email' or 'correo' "
-            f"(headers seen: {', '.join(headers)})",
+            "no e-mail column found: name one column 'email' or 'correo' (headers seen: {headers})",
             field="file",
+            headers=", ".join(headers),
         )
     report = ImportReport(encoding=encoding, delimiter=delimiter, mapping=mapping)
     seen: set[str] = set()
@@ -217,8 +237,9 @@ def _parse_row(
                 line,
                 "*",
                 "|".join(values)[:200],
-                f"the row has {len(values)} columns, the header has {len(headers)} "
+                "the row has {found} columns, the header has {expected} "
                 "(a separator or quote inside a value?)",
+                {"found": len(values), "expected": len(headers)},
             )
         )
         return None

@@ -84,6 +84,29 @@ class MailingList(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 
 
+class ContactImport(SQLModel, table=True):
+    """One import of a contact file: its figures and the rows it rejected (for the report)."""
+
+    __tablename__ = "contact_imports"
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: int = Field(foreign_key="accounts.id", index=True)
+    list_id: int | None = Field(default=None, foreign_key="lists.id")
+    filename: str = Field(default="", max_length=300)
+    mode: str = Field(default="add_or_update", max_length=16)
+    encoding: str = Field(default="", max_length=32)
+    delimiter: str = Field(default="", max_length=4)
+    rows: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    duplicates_in_file: int = 0
+    added_to_list: int = 0
+    rejected: list[Any] = Field(default_factory=list, sa_type=JsonDict)
+    created_by: str = Field(default="", max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
 class ListMember(SQLModel, table=True):
     __tablename__ = "list_members"
 

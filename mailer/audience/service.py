@@ -8,10 +8,10 @@ from typing import IO, Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from mailer.audience.importer import ImportReport, import_csv
-from mailer.audience.models import ChannelStatus, Contact, ListMember, MailingList
+from mailer.audience.importer import ImportReport, RowError, import_csv
+from mailer.audience.models import ChannelStatus, Contact, ContactImport, ListMember, MailingList
 from mailer.cleaning.service import check_syntax
-from mailer.core.errors import Conflict, NotFound, ValidationFailed
+from mailer.core.errors import Conflict, NotFound, Term, ValidationFailed
 
 __all__ = [
     "ImportReport",
@@ -32,7 +32,7 @@ def create_list(session: Session, account_id: int, name: str, description: str =
     if not name:
         raise ValidationFailed("the list needs a name", field="name")
     if get_list_by_name(session, account_id, name) is not None:
-        raise Conflict(f"a list named {name!r} already exists", field="name")
+        raise Conflict("a list named '{name}' already exists", field="name", name=name)
     mailing_list = MailingList(account_id=account_id, name=name, description=description)
     session.add(mailing_list)
     session.flush()
@@ -42,7 +42,7 @@ def create_list(session: Session, account_id: int, name: str, description: str =
 def get_list(session: Session, account_id: int, list_id: int) -> MailingList:
     mailing_list = session.get(MailingList, list_id)
     if mailing_list is None or mailing_list.account_id != account_id:
-        raise NotFound(f"list {list_id} does not exist")
+        raise NotFound("list {id} does not exist", id=list_id)
     return mailing_list
 
 
@@ -93,7 +93,9 @@ def add_contact(
 ) -> Contact:
     verdict = check_syntax(email)
     if not verdict.ok:
-        raise ValidationFailed(f"{email!r}: {verdict.reason}", field="email")
+        raise ValidationFailed(
+            "'{email}': {reason}", field="email", email=email, reason=Term(verdict.reason)
+        )
     contact = session.exec(
         select(Contact).where(Contact.account_id == account_id, Contact.email == verdict.normalized)
     ).first()
@@ -124,10 +126,47 @@ def import_contacts(
     list_id: int | None = None,
     mode: str = "add_or_update",
     progress: Any = None,
+    filename: str = "",
+    actor: str = "",
 ) -> ImportReport:
+    """Import a contact file and keep a record of it (figures and rejected rows)."""
     if list_id is not None:
         get_list(session, account_id, list_id)
-    return import_csv(session, account_id, source, list_id=list_id, mode=mode, progress=progress)
+    report = import_csv(session, account_id, source, list_id=list_id, mode=mode, progress=progress)
+    record = ContactImport(
+        account_id=account_id,
+        list_id=list_id,
+        filename=(filename or (source.name if isinstance(source, Path) else ""))[:300],
+        mode=mode,
+        encoding=report.encoding,
+        delimiter=report.delimiter,
+        rows=report.rows,
+        created=report.created,
+        updated=report.updated,
+        unchanged=report.unchanged,
+        duplicates_in_file=report.duplicates_in_file,
+        added_to_list=report.added_to_list,
+        rejected=[[e.line, e.column, e.value, e.reason, e.params] for e in report.errors],
+        created_by=actor,
+    )
+    session.add(record)
+    session.flush()
+    report.import_id = record.id
+    return report
+
+
+def get_import(session: Session, account_id: int, import_id: int) -> ContactImport:
+    record = session.get(ContactImport, import_id)
+    if record is None or record.account_id != account_id:
+        raise NotFound("import {id} does not exist", id=import_id)
+    return record
+
+
+def rejected_rows(record: ContactImport) -> list[RowError]:
+    return [
+        RowError(line, column, value, reason, params)
+        for line, column, value, reason, params in record.rejected
+    ]
 
 
 def sendable_contact_ids_query(account_id: int, list_id: int) -> Any:

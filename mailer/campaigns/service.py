@@ -66,7 +66,7 @@ def create_campaign(
 def get_campaign(session: Session, account_id: int, campaign_id: int) -> Campaign:
     campaign = session.get(Campaign, campaign_id)
     if campaign is None or campaign.account_id != account_id:
-        raise NotFound(f"campaign {campaign_id} does not exist")
+        raise NotFound("campaign {id} does not exist", id=campaign_id)
     return campaign
 
 

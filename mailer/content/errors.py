@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from mailer.core.errors import ValidationFailed
+from mailer.core.errors import Term, ValidationFailed
 
 TemplatePart = Literal["subject", "html", "text"]
 
@@ -20,8 +20,16 @@ class TemplateError(ValidationFailed):
     code = "template_error"
 
     def __init__(self, message: str, *, part: TemplatePart, line: int | None = None) -> None:
-        where = part if line is None else f"{part}, line {line}"
-        super().__init__(f"{where}: {message}", field=part)
+        if line is None:
+            super().__init__("{part}: {detail}", field=part, part=Term(part), detail=Term(message))
+        else:
+            super().__init__(
+                "{part}, line {line}: {detail}",
+                field=part,
+                part=Term(part),
+                line=line,
+                detail=Term(message),
+            )
         self.detail = message  # what is wrong, without the location (message has both)
         self.part: TemplatePart = part
         self.line = line

@@ -43,9 +43,13 @@ def load_library_template(folder: Path) -> LibraryTemplate:
     try:
         meta = tomllib.loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValidationFailed(f"{meta_path} is missing", field="template.toml") from None
+        raise ValidationFailed(
+            "{path} is missing", field="template.toml", path=str(meta_path)
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ValidationFailed(f"{meta_path}: {exc}", field="template.toml") from None
+        raise ValidationFailed(
+            "{path}: {error}", field="template.toml", path=str(meta_path), error=str(exc)
+        ) from None
     text_path = folder / "body.txt"
     return LibraryTemplate(
         key=folder.name,
@@ -80,7 +84,7 @@ def create_template(
         select(Template).where(Template.account_id == account_id, Template.name == name)
     ).first()
     if existing is not None:
-        raise Conflict(f"a template named {name!r} already exists", field="name")
+        raise Conflict("a template named '{name}' already exists", field="name", name=name)
     template = Template(
         account_id=account_id,
         name=name,
@@ -134,7 +138,7 @@ def create_from_library(session: Session, account_id: int, item: LibraryTemplate
 def get_template(session: Session, account_id: int, template_id: int) -> Template:
     template = session.get(Template, template_id)
     if template is None or template.account_id != account_id:
-        raise NotFound(f"template {template_id} does not exist")
+        raise NotFound("template {id} does not exist", id=template_id)
     return template
 
 

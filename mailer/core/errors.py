@@ -2,9 +2,21 @@
 
 Errors carry a stable ``code`` (used by the API) and, where there is one, the ``field`` or
 location that caused them, so interfaces can tell the user what to fix.
+
+Messages are written in English as templates with named parameters
+(``NotFound("list {list_id} does not exist", list_id=7)``): ``message`` is the English text
+for logs, and the interfaces show ``mailer.core.i18n.localise(error, locale)``, the
+template translated through the gettext catalogs (Spanish first) and then filled in.
 """
 
 from __future__ import annotations
+
+
+class Term(str):
+    """A message parameter that is itself translatable (a state name, a role, a reason from
+    a library); other parameters (names, addresses, numbers) are shown as given."""
+
+    __slots__ = ()
 
 
 class MailerError(Exception):
@@ -12,9 +24,11 @@ class MailerError(Exception):
 
     code = "error"
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, *, field: str | None = None, **params: object) -> None:
+        self.template = message
+        self.params = params
+        self.message = message.format(**params) if params else message
+        super().__init__(self.message)
         self.field = field
 
 
@@ -48,7 +62,12 @@ class IllegalTransition(MailerError):
     code = "illegal_transition"
 
     def __init__(self, machine: str, current: str, target: str) -> None:
-        super().__init__(f"{machine}: cannot go from {current!r} to {target!r}")
+        super().__init__(
+            "{machine}: cannot go from {current} to {target}",
+            machine=Term(machine),
+            current=Term(current),
+            target=Term(target),
+        )
         self.machine = machine
         self.current = current
         self.target = target

@@ -54,12 +54,17 @@ def normalise_domain(domain: str) -> str:
     try:
         candidate = candidate.encode("idna").decode("ascii")
     except UnicodeError:
-        raise ValidationFailed(f"{domain!r} is not a valid domain name", field="domain") from None
+        raise ValidationFailed(
+            "'{domain}' is not a valid domain name (example: boletin.entidad.gob.pe)",
+            field="domain",
+            domain=domain,
+        ) from None
     labels = candidate.split(".")
     if len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
         raise ValidationFailed(
-            f"{domain!r} is not a valid domain name (example: boletin.entidad.gob.pe)",
+            "'{domain}' is not a valid domain name (example: boletin.entidad.gob.pe)",
             field="domain",
+            domain=domain,
         )
     return candidate
 
@@ -77,12 +82,16 @@ def add_domain(
     folder = root / domain
     if (folder / "domain.toml").exists() and not replace:
         raise Conflict(
-            f"{domain} already exists in {folder}; use --replace to rotate its keys",
+            "{domain} already exists in {folder}; use --replace to rotate its keys",
             field="domain",
+            domain=domain,
+            folder=str(folder),
         )
     selector = selector or datetime.now(UTC).strftime("m%Y%m")
     if not _LABEL.match(selector):
-        raise ValidationFailed(f"{selector!r} is not a valid DKIM selector", field="selector")
+        raise ValidationFailed(
+            "'{selector}' is not a valid DKIM selector", field="selector", selector=selector
+        )
     folder.mkdir(parents=True, exist_ok=True)
     _write_secret(folder / f"{selector}.rsa.pem", generate_rsa_key())
     lines = [
@@ -116,9 +125,10 @@ def load_domain(root: Path, domain: str) -> SendingDomain:
     toml_path = folder / "domain.toml"
     if not toml_path.exists():
         raise NotFound(
-            f"sending domain {domain} is not set up: run `mailer domain add {domain}` "
+            "sending domain {domain} is not set up: run `mailer domain add {domain}` "
             "and publish the DNS records it prints",
             field="from_email",
+            domain=domain,
         )
     return _load_cached(str(folder.resolve()), toml_path.stat().st_mtime_ns)
 

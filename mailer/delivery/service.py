@@ -102,7 +102,10 @@ class CaptureStore:
 
 def _trim(session: Session, keep: int) -> None:
     newest = session.execute(
-        select(col(CapturedMessage.id)).order_by(col(CapturedMessage.id).desc()).offset(keep).limit(1)
+        select(col(CapturedMessage.id))
+        .order_by(col(CapturedMessage.id).desc())
+        .offset(keep)
+        .limit(1)
     ).scalar()
     if newest is not None:
         session.execute(delete(CapturedMessage).where(col(CapturedMessage.id) <= newest))
@@ -134,7 +137,7 @@ def count_captured(session: Session) -> int:
 def get_captured(session: Session, captured_id: int) -> CapturedMessage:
     message = session.get(CapturedMessage, captured_id)
     if message is None:
-        raise NotFound(f"captured message {captured_id} does not exist")
+        raise NotFound("captured message {id} does not exist", id=captured_id)
     return message
 
 

@@ -163,7 +163,9 @@ def release_expired_claims(
     stale = col(Message.state) == MessageState.SENDING
     campaigns = list(
         session.execute(
-            select(col(Message.campaign_id)).where(stale, col(Message.claimed_at) < cutoff).distinct()
+            select(col(Message.campaign_id))
+            .where(stale, col(Message.claimed_at) < cutoff)
+            .distinct()
         ).scalars()
     )
     if campaigns:

@@ -53,7 +53,9 @@ def requeue_sending_campaigns() -> None:
     """
     with session_scope() as session:
         ids = (
-            session.execute(select(col(Campaign.id)).where(col(Campaign.state) == CampaignState.SENDING))
+            session.execute(
+                select(col(Campaign.id)).where(col(Campaign.state) == CampaignState.SENDING)
+            )
             .scalars()
             .all()
         )

@@ -19,13 +19,15 @@ from mailer.accounts.roles import ROLE_LABELS_ES, Permission, can
 from mailer.accounts.service import audit, authenticate, get_account, user_principal
 from mailer.analytics.service import ledger_totals
 from mailer.audience import service as audience
-from mailer.campaigns import service as campaigns
+from mailer.audience.importer import ImportReport
 from mailer.audience.models import CHANNEL_LABELS_ES
+from mailer.campaigns import service as campaigns
 from mailer.campaigns.models import STATE_LABELS_ES
 from mailer.content import store as templates
 from mailer.content.service import compile_template
 from mailer.core.config import get_settings
 from mailer.core.errors import AuthenticationFailed, MailerError
+from mailer.core.i18n import localise, localise_text
 from mailer.core.tokens import BadToken
 from mailer.delivery import service as delivery
 from mailer.tracking import service as tracking
@@ -49,6 +51,7 @@ _env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
 pages = Jinja2Templates(env=_env)
 
 router = APIRouter(include_in_schema=False)
+PORTAL_LOCALE = "es"
 
 
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -56,9 +59,7 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
     role = user.role if user else None
     zone = ZoneInfo(getattr(request.state, "timezone", None) or get_settings().timezone)
     context.setdefault("zone", zone)
-    context.setdefault(
-        "local", lambda moment: moment.astimezone(zone).strftime("%d/%m/%Y %H:%M")
-    )
+    context.setdefault("local", lambda moment: moment.astimezone(zone).strftime("%d/%m/%Y %H:%M"))
     context.update(
         channel_labels=CHANNEL_LABELS_ES,
         user=user,
@@ -70,6 +71,11 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
         flash=request.session.pop("flash", None),
     )
     return pages.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def tr(exc: MailerError) -> str:
+    """An error as the portal shows it: in the portal's language (Spanish)."""
+    return localise(exc, PORTAL_LOCALE)
 
 
 def flash(request: Request, message: str, kind: str = "ok") -> None:
@@ -163,7 +169,7 @@ def lists_create(
     try:
         lst = audience.create_list(session, principal.account_id, name, description)
     except MailerError as exc:
-        flash(request, exc.message, "error")
+        flash(request, tr(exc), "error")
         return redirect("/lists")
     audit(session, principal, "list.create", f"list:{lst.id}", ip=_ip(request))
     flash(request, f"Lista «{lst.name}» creada.")
@@ -201,7 +207,13 @@ def list_import(
     lst = audience.get_list(session, principal.account_id, list_id)
     try:
         report = audience.import_contacts(
-            session, principal.account_id, file.file, list_id=list_id, mode=mode
+            session,
+            principal.account_id,
+            file.file,
+            list_id=list_id,
+            mode=mode,
+            filename=file.filename or "",
+            actor=principal.actor,
         )
     except MailerError as exc:
         session.rollback()
@@ -213,7 +225,7 @@ def list_import(
             contacts=[],
             page=1,
             members=audience.list_size(session, list_id),
-            import_error=exc.message,
+            import_error=tr(exc),
         )
     audit(
         session,
@@ -226,23 +238,32 @@ def list_import(
         errors=len(report.errors),
     )
     session.commit()
-    request.session["last_import_errors"] = report.errors_csv()[:100_000]
     return render(
         request,
         "import_report.html",
         lst=lst,
         report=report,
         filename=file.filename or "",
+        row_reason=lambda row: row.message(_portal_text),
     )
 
 
-@router.get("/lists/{list_id}/import-errors.csv")
-def import_errors(request: Request, list_id: int, principal: Reader) -> Response:
-    data = request.session.get("last_import_errors", "line,column,value,reason\n")
+def _portal_text(template: str, params: dict[str, Any]) -> str:
+    return localise_text(template, params, PORTAL_LOCALE)
+
+
+@router.get("/imports/{import_id}/errors.csv")
+def import_errors(import_id: int, session: SessionDep, principal: Reader) -> Response:
+    """The rejected rows of an import, in Spanish, for Excel (UTF-8 with BOM)."""
+    record = audience.get_import(session, principal.account_id, import_id)
+    report = ImportReport(errors=audience.rejected_rows(record))
+    data = report.errors_csv(_portal_text, header=("línea", "columna", "valor", "motivo"))
     return Response(
         data.encode("utf-8-sig"),
         media_type="text/csv; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="errores-lista-{list_id}.csv"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="errores-importacion-{import_id}.csv"'
+        },
     )
 
 
@@ -283,7 +304,7 @@ def template_create(
             status_code=422,
             template=None,
             form=form,
-            error=str(exc),
+            error=tr(exc),
         )
     audit(session, principal, "template.create", f"template:{template.id}", ip=_ip(request))
     flash(request, "Plantilla guardada.")
@@ -329,7 +350,7 @@ def template_save(
             status_code=422,
             template=template,
             form=form,
-            error=str(exc),
+            error=tr(exc),
         )
     audit(session, principal, "template.update", f"template:{template_id}", ip=_ip(request))
     flash(request, "Plantilla guardada.")
@@ -435,7 +456,7 @@ def campaign_create(
             "campaign_new.html",
             status_code=422,
             form=form,
-            error=exc.message,
+            error=tr(exc),
             **_campaign_form_context(session, principal.account_id),
         )
     audit(session, principal, "campaign.create", f"campaign:{campaign.id}", ip=_ip(request))
@@ -465,9 +486,11 @@ def campaign_detail(
 def _sample_subject(subject: str) -> str:
     """The subject as the sample contact would read it (the source is shown beside it)."""
     try:
-        return compile_template(subject, "<p></p>", "", inline_css=False).render(
-            {"contact": SAMPLE_CONTACT, "campaign": {"name": ""}}
-        ).subject
+        return (
+            compile_template(subject, "<p></p>", "", inline_css=False)
+            .render({"contact": SAMPLE_CONTACT, "campaign": {"name": ""}})
+            .subject
+        )
     except MailerError:
         return subject
 
@@ -492,7 +515,7 @@ def campaign_schedule(
         campaigns.schedule_campaign(session, principal.account_id, campaign_id, when)
     except MailerError as exc:
         session.rollback()
-        flash(request, exc.message, "error")
+        flash(request, tr(exc), "error")
         return redirect(f"/campaigns/{campaign_id}")
     audit(session, principal, "campaign.schedule", f"campaign:{campaign_id}", ip=_ip(request))
     flash(request, f"Envío programado para el {local:%d/%m/%Y a las %H:%M} ({account.timezone}).")
@@ -526,7 +549,7 @@ def campaign_action(
             campaigns.cancel_campaign(session, principal.account_id, campaign_id)
     except MailerError as exc:
         session.rollback()
-        flash(request, exc.message, "error")
+        flash(request, tr(exc), "error")
         return redirect(f"/campaigns/{campaign_id}")
     audit(session, principal, f"campaign.{action}", f"campaign:{campaign_id}", ip=_ip(request))
     flash(request, messages[action])
@@ -624,4 +647,4 @@ def error_page(request: Request, exc: MailerError) -> Response:
     if isinstance(exc, LoginRequired):
         return redirect("/login")
     status = 403 if isinstance(exc, PageForbidden) else 404 if exc.code == "not_found" else 400
-    return render(request, "error.html", status_code=status, message=exc.message, status=status)
+    return render(request, "error.html", status_code=status, message=tr(exc), status=status)

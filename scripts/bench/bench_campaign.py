@@ -10,9 +10,9 @@ Prints JSON: messages, seconds, messages_per_hour.
 from __future__ import annotations
 
 import argparse
-import sys
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path

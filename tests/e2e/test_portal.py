@@ -143,8 +143,12 @@ def log_in_and_see_the_dashboard(session: Session, browser: Browser) -> None:
     session.shot("02-dashboard")
 
     phone = browser.new_context(
-        viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True,
-        locale="es-PE", storage_state=session.context.storage_state(),
+        viewport=PHONE,
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+        locale="es-PE",
+        storage_state=session.context.storage_state(),
     )
     try:
         mobile = phone.new_page()

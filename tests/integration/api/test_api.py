@@ -52,11 +52,24 @@ def test_health_readiness_metrics_docs(client: TestClient) -> None:
         ({"X-API-Key": "not-a-key"}, "malformed"),
     ],
 )
-def test_wrong_api_keys_are_refused(client: TestClient, headers: dict[str, str], message: str) -> None:
-    response = client.get("/api/v1/lists", headers=headers)
+def test_wrong_api_keys_are_refused(
+    client: TestClient, headers: dict[str, str], message: str
+) -> None:
+    response = client.get("/api/v1/lists", headers={**headers, "Accept-Language": "en"})
     assert response.status_code == 401
     error = response.json()["error"]
     assert error["code"] == "authentication_failed" and message in error["message"]
+
+
+def test_messages_are_spanish_unless_english_is_asked_for(client: TestClient) -> None:
+    spanish = client.get("/api/v1/campaigns", headers={"Authorization": "Bearer mk_x_y"})
+    assert spanish.json()["error"]["message"] == "clave de API desconocida o revocada"
+    english = client.get(
+        "/api/v1/campaigns",
+        headers={"Authorization": "Bearer mk_x_y", "Accept-Language": "en-US,en;q=0.9"},
+    )
+    assert english.json()["error"]["message"] == "unknown or revoked API key"
+    assert english.json()["error"]["code"] == spanish.json()["error"]["code"]
 
 
 def test_lists_import_templates_and_campaign_flow(
@@ -75,7 +88,9 @@ def test_lists_import_templates_and_campaign_flow(
     ).json()
     assert (imported["created"], imported["added_to_list"]) == (2, 2)
     assert [(e["line"], e["column"]) for e in imported["errors"]] == [(3, "email")]
-    lists = {item["name"]: item["members"] for item in client.get("/api/v1/lists", headers=auth).json()}
+    lists = {
+        item["name"]: item["members"] for item in client.get("/api/v1/lists", headers=auth).json()
+    }
     assert lists["Ciudadanos"] == 2
     contacts = client.get(f"/api/v1/lists/{list_id}/contacts", headers=auth).json()
     assert [c["email"] for c in contacts] == ["uno@example.pe", "tres@example.pe"]
@@ -87,18 +102,26 @@ def test_lists_import_templates_and_campaign_flow(
     )
     assert broken.status_code == 422
     assert broken.json()["error"]["code"] == "template_error"
-    assert "line 2" in broken.json()["error"]["message"]
+    assert broken.json()["error"]["message"].startswith("HTML, línea 2: ")
+    assert broken.json()["error"]["field"] == "html"
     template = client.post(
         "/api/v1/templates",
-        json={"name": "Aviso API", "subject": "Hola {{ contact.first_name }}", "html": "<p>Hola</p>"},
+        json={
+            "name": "Aviso API",
+            "subject": "Hola {{ contact.first_name }}",
+            "html": "<p>Hola</p>",
+        },
         headers=auth,
     )
     assert template.status_code == 201
     campaign = client.post(
         "/api/v1/campaigns",
         json={
-            "name": "Por API", "template_id": template.json()["id"], "list_id": list_id,
-            "from_email": "avisos@envios.example.pe", "from_name": "Entidad",
+            "name": "Por API",
+            "template_id": template.json()["id"],
+            "list_id": list_id,
+            "from_email": "avisos@envios.example.pe",
+            "from_name": "Entidad",
         },
         headers=auth,
     )
@@ -106,8 +129,11 @@ def test_lists_import_templates_and_campaign_flow(
     bad_domain = client.post(
         "/api/v1/campaigns",
         json={
-            "name": "Dominio ajeno", "template_id": template.json()["id"], "list_id": list_id,
-            "from_email": "x@otro.example.pe", "from_name": "X",
+            "name": "Dominio ajeno",
+            "template_id": template.json()["id"],
+            "list_id": list_id,
+            "from_email": "x@otro.example.pe",
+            "from_name": "X",
         },
         headers=auth,
     )
@@ -140,7 +166,9 @@ ROUTES = [
     ("post", "/api/v1/campaigns/{campaign_id}/cancel", "send"),
 ]
 GRANTED = {
-    "viewer": {"read"}, "editor": {"read", "edit"}, "manager": {"read", "edit", "send"},
+    "viewer": {"read"},
+    "editor": {"read", "edit"},
+    "manager": {"read", "edit", "send"},
     "admin": {"read", "edit", "send"},
 }
 

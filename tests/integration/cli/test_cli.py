@@ -15,7 +15,9 @@ from tests.helpers import contacts_csv, start_recording_relay
 runner = CliRunner()
 
 
-def test_domain_add_writes_a_private_key_and_prints_the_dns_records(sqlite_settings: Settings) -> None:
+def test_domain_add_writes_a_private_key_and_prints_the_dns_records(
+    sqlite_settings: Settings,
+) -> None:
     result = runner.invoke(app, ["domain", "add", "boletin.example.pe", "--selector", "s2026"])
     assert result.exit_code == 0, result.output
     folder = sqlite_settings.sending_domains_dir / "boletin.example.pe"
@@ -38,8 +40,16 @@ def test_user_import_and_campaign_send_from_the_command_line(
     try:
         configure(sqlite_settings.database_url, MAILER_RELAY__PORT=str(relay.port))  # type: ignore[operator]
         created = runner.invoke(
-            app, ["user", "create", "jefa@example.pe", "--password", "una clave larga",
-                  "--account-name", "Municipalidad"],
+            app,
+            [
+                "user",
+                "create",
+                "jefa@example.pe",
+                "--password",
+                "una clave larga",
+                "--account-name",
+                "Municipalidad",
+            ],
         )
         assert created.exit_code == 0, created.output
         short = runner.invoke(app, ["user", "create", "x@example.pe", "--password", "corta"])
@@ -54,13 +64,27 @@ def test_user_import_and_campaign_send_from_the_command_line(
 
         with session_scope() as session:
             template = create_template(
-                session, 1, name="Aviso", subject="Aviso {{ contact.first_name }}",
+                session,
+                1,
+                name="Aviso",
+                subject="Aviso {{ contact.first_name }}",
                 html="<p>Hola {{ contact.first_name }}</p>",
             )
         made = runner.invoke(
-            app, ["campaign", "create", "Aviso vecinal", "--template", str(template.id),
-                  "--list", "Vecinos", "--from-email", "avisos@avisos.example.pe",
-                  "--from-name", "Municipalidad"],
+            app,
+            [
+                "campaign",
+                "create",
+                "Aviso vecinal",
+                "--template",
+                str(template.id),
+                "--list",
+                "Vecinos",
+                "--from-email",
+                "avisos@avisos.example.pe",
+                "--from-name",
+                "Municipalidad",
+            ],
         )
         assert made.exit_code == 0, made.output
         sent = runner.invoke(app, ["campaign", "send", "1"])

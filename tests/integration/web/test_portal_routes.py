@@ -48,7 +48,8 @@ def csrf(client: TestClient, path: str = "/login") -> str:
 
 def login(client: TestClient, email: str, password: str = PASSWORD) -> None:
     response = client.post(
-        "/login", data={"email": email, "password": password, "csrf_token": csrf(client)},
+        "/login",
+        data={"email": email, "password": password, "csrf_token": csrf(client)},
         follow_redirects=False,
     )
     assert response.status_code == 303, response.text
@@ -57,11 +58,13 @@ def login(client: TestClient, email: str, password: str = PASSWORD) -> None:
 def test_login_wrong_password_and_csrf(client: TestClient, world: World) -> None:
     assert client.get("/", follow_redirects=False).headers["location"] == "/login"
     wrong = client.post(
-        "/login", data={"email": world.admin_email, "password": "nope nope nope",
-                        "csrf_token": csrf(client)},
+        "/login",
+        data={"email": world.admin_email, "password": "nope nope nope", "csrf_token": csrf(client)},
     )
     assert wrong.status_code == 401 and "Correo o contraseña incorrectos" in wrong.text
-    forged = client.post("/login", data={"email": world.admin_email, "password": world.admin_password})
+    forged = client.post(
+        "/login", data={"email": world.admin_email, "password": world.admin_password}
+    )
     assert forged.status_code == 403 and "CSRF" in forged.text
     login(client, world.admin_email, world.admin_password)
     dashboard = client.get("/")
@@ -78,30 +81,45 @@ def test_pages_enforce_roles(
     client: TestClient, world: World, role: str, may_edit: bool, may_send: bool
 ) -> None:
     login(client, f"{role}@example.pe")
-    for path in ("/", "/lists", f"/lists/{world.list_id}", "/templates",
-                 f"/templates/{world.template_id}", f"/campaigns/{world.campaign_id}", "/captured"):
+    for path in (
+        "/",
+        "/lists",
+        f"/lists/{world.list_id}",
+        "/templates",
+        f"/templates/{world.template_id}",
+        f"/campaigns/{world.campaign_id}",
+        "/captured",
+    ):
         assert client.get(path).status_code == 200, path
     assert (client.get("/campaigns/new").status_code == 200) is may_edit
     assert (client.get("/templates/new").status_code == 200) is may_edit
     token = csrf(client, "/")
-    created = client.post("/lists", data={"name": f"Lista {role}", "csrf_token": token},
-                          follow_redirects=False)
+    created = client.post(
+        "/lists", data={"name": f"Lista {role}", "csrf_token": token}, follow_redirects=False
+    )
     assert (created.status_code == 303) is may_edit
-    send = client.post(f"/campaigns/{world.campaign_id}/pause", data={"csrf_token": token},
-                       follow_redirects=False)
+    send = client.post(
+        f"/campaigns/{world.campaign_id}/pause", data={"csrf_token": token}, follow_redirects=False
+    )
     # Pausing a draft is refused by the state machine, after the role check.
     assert send.status_code == (303 if may_send else 403)
 
 
-def test_template_with_syntax_error_is_refused_with_its_line(client: TestClient, world: World) -> None:
+def test_template_with_syntax_error_is_refused_with_its_line(
+    client: TestClient, world: World
+) -> None:
     login(client, "editor@example.pe")
     response = client.post(
         "/templates/new",
-        data={"name": "Rota", "subject": "Hola", "html": "<p>uno</p>\n<p>{{ contact.first_name </p>",
-              "csrf_token": csrf(client, "/templates/new")},
+        data={
+            "name": "Rota",
+            "subject": "Hola",
+            "html": "<p>uno</p>\n<p>{{ contact.first_name </p>",
+            "csrf_token": csrf(client, "/templates/new"),
+        },
     )
     assert response.status_code == 422
-    assert 'id="template-error"' in response.text and "line 2" in response.text
+    assert 'id="template-error"' in response.text and "HTML, línea 2" in response.text
 
 
 def test_send_from_portal_and_read_captured_mail(
@@ -129,7 +147,9 @@ def test_one_click_unsubscribe(client: TestClient, world: World, sqlite_settings
     with session_scope() as session:
         start_campaign(session, world.account_id, world.campaign_id)
     with session_scope() as session:
-        message = session.exec(select(Message).where(Message.campaign_id == world.campaign_id)).first()
+        message = session.exec(
+            select(Message).where(Message.campaign_id == world.campaign_id)
+        ).first()
         assert message and message.id
         url = unsubscribe_url("http://testserver", sqlite_settings.secret_key, message.id)
     path = url.removeprefix("http://testserver")
@@ -157,12 +177,32 @@ def test_schedule_in_the_account_time_zone(client: TestClient, world: World) -> 
         campaign = get_campaign(session, world.account_id, world.campaign_id)
         assert campaign.state == "scheduled"
         assert campaign.scheduled_at and campaign.scheduled_at.hour == 14  # Lima is UTC-5
-    back = client.post(
-        f"/campaigns/{world.campaign_id}/unschedule", data={"csrf_token": token}
-    )
+    back = client.post(f"/campaigns/{world.campaign_id}/unschedule", data={"csrf_token": token})
     assert "vuelve a borrador" in back.text
     past = client.post(
         f"/campaigns/{world.campaign_id}/schedule",
         data={"scheduled_at": "2001-01-01T00:00", "csrf_token": token},
     )
-    assert "in the past" in past.text
+    assert "la fecha programada ya pasó" in past.text
+
+
+def test_import_report_in_spanish_and_downloadable(client: TestClient, world: World) -> None:
+    login(client, "editor@example.pe")
+    token = csrf(client, f"/lists/{world.list_id}")
+    csv = "correo;nombre\nbueno@example.pe;Bueno\nsin-arroba;Malo\nmalo@@example.pe;Peor\nx@y.pe;A;B\n"
+    report = client.post(
+        f"/lists/{world.list_id}/import",
+        data={"csrf_token": token, "mode": "add_or_update"},
+        files={"file": ("proveedores.csv", csv.encode("cp1252"), "text/csv")},
+    )
+    assert report.status_code == 200
+    assert "Falta la @ en la dirección." in report.text
+    assert "la fila tiene 3 columnas y el encabezado 2" in report.text
+    link = re.search(r'href="(/imports/\d+/errors\.csv)"', report.text)
+    assert link
+    download = client.get(link.group(1))
+    assert download.headers["content-type"].startswith("text/csv")
+    body = download.content.decode("utf-8-sig").splitlines()
+    assert body[0] == "línea,columna,valor,motivo"
+    assert body[1].startswith("3,correo,sin-arroba,Falta la @")
+    assert len(body) == 4

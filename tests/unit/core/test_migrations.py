@@ -1,0 +1,16 @@
+"""The migrations create exactly the tables the models declare (no drift)."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from mailer.core.config import Settings
+from mailer.storage.db import get_engine, load_models
+
+
+def test_models_and_migrations_agree(settings: Settings) -> None:
+    metadata = load_models().metadata
+    with get_engine(settings).connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), metadata)
+    assert diff == []
