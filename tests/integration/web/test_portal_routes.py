@@ -189,7 +189,10 @@ def test_schedule_in_the_account_time_zone(client: TestClient, world: World) -> 
 def test_import_report_in_spanish_and_downloadable(client: TestClient, world: World) -> None:
     login(client, "editor@example.pe")
     token = csrf(client, f"/lists/{world.list_id}")
-    csv = "correo;nombre\nbueno@example.pe;Bueno\nsin-arroba;Malo\nmalo@@example.pe;Peor\nx@y.pe;A;B\n"
+    csv = (
+        "correo;nombre\nbueno@example.pe;Bueno\nsin-arroba;Malo\n"
+        "malo@@example.pe;Peor\nx@y.pe;A;B\n"
+    )
     report = client.post(
         f"/lists/{world.list_id}/import",
         data={"csrf_token": token, "mode": "add_or_update"},
