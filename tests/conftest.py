@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_ADMIN_URL = os.environ.get("MAILER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("MAILER_TEST_REDIS", "redis://127.0.0.1:6379/15")
+RABBITMQ_URL = os.environ.get("MAILER_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 
 def reachable(host: str, port: int) -> bool:

@@ -20,7 +20,7 @@ from mailer.events.models import Event
 from mailer.messages.models import Message, MessageState
 from mailer.storage.db import session_scope
 from mailer.workers import configure_broker, start_worker
-from tests.conftest import REDIS_URL, require_server
+from tests.conftest import RABBITMQ_URL, REDIS_URL, require_server
 from tests.helpers import (
     DOMAIN,
     Recorder,
@@ -105,20 +105,35 @@ def test_thousand_recipients_sqlite_and_postgres(
     check_delivery(settings, world, recorder)
 
 
-def test_thousand_recipients_redis_broker(
-    relay: tuple[int, Recorder], tmp_path: Path, configure: object
+@pytest.mark.parametrize(
+    ("server", "port", "url", "broker_class"),
+    [
+        ("Redis", 6379, REDIS_URL, "RedisBroker"),
+        ("RabbitMQ", 5672, RABBITMQ_URL, "RabbitmqBroker"),
+    ],
+)
+def test_thousand_recipients_on_a_shared_broker(
+    relay: tuple[int, Recorder],
+    tmp_path: Path,
+    configure: object,
+    server: str,
+    port: int,
+    url: str,
+    broker_class: str,
 ) -> None:
-    require_server("Redis", "127.0.0.1", 6379)
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    port, recorder = relay
-    settings = configure(None, MAILER_RELAY__PORT=str(port), MAILER_BROKER_URL=REDIS_URL)  # type: ignore[operator]
-    assert type(dramatiq.get_broker()).__name__ == "RedisBroker"
+    require_server(server, "127.0.0.1", port)
+    relay_port, recorder = relay
+    settings = configure(None, MAILER_RELAY__PORT=str(relay_port), MAILER_BROKER_URL=url)  # type: ignore[operator]
+    broker = dramatiq.get_broker()
+    assert type(broker).__name__ == broker_class
+    broker.flush_all()  # nothing left over from another run
     world = build_world(settings, tmp_path, RECIPIENTS)
-    run_campaign(settings, world)
+    try:
+        run_campaign(settings, world)
+    finally:
+        broker.flush_all()
+        broker.close()
     check_delivery(settings, world, recorder)
-    redis.Redis.from_url(REDIS_URL).flushdb()
 
 
 def test_a_batch_run_twice_sends_once(
