@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import func
-from sqlmodel import Session, col, select
+from sqlalchemy import Select, func, select
+from sqlmodel import Session, col
+from sqlmodel import select as sm_select
 
 from mailer.audience.importer import ImportReport, RowError, import_csv
 from mailer.audience.models import ChannelStatus, Contact, ContactImport, ListMember, MailingList
@@ -17,13 +18,13 @@ __all__ = [
     "ImportReport",
     "add_contact",
     "create_list",
+    "email_audience",
     "get_list",
     "get_list_by_name",
     "import_contacts",
     "list_contacts",
     "list_lists",
     "list_size",
-    "sendable_contact_ids_query",
 ]
 
 
@@ -48,23 +49,23 @@ def get_list(session: Session, account_id: int, list_id: int) -> MailingList:
 
 def get_list_by_name(session: Session, account_id: int, name: str) -> MailingList | None:
     return session.exec(
-        select(MailingList).where(MailingList.account_id == account_id, MailingList.name == name)
+        sm_select(MailingList).where(MailingList.account_id == account_id, MailingList.name == name)
     ).first()
 
 
 def list_size(session: Session, list_id: int) -> int:
-    return int(session.exec(select(func.count()).where(ListMember.list_id == list_id)).one())
+    return int(session.exec(sm_select(func.count()).where(ListMember.list_id == list_id)).one())
 
 
 def list_lists(session: Session, account_id: int) -> list[tuple[MailingList, int]]:
     """Every list of the account with its member count."""
     counts = (
-        select(ListMember.list_id, func.count().label("members"))
+        select(col(ListMember.list_id), func.count().label("members"))
         .group_by(col(ListMember.list_id))
         .subquery()
     )
     rows = session.exec(
-        select(MailingList, func.coalesce(counts.c.members, 0))
+        sm_select(MailingList, func.coalesce(counts.c.members, 0))
         .outerjoin(counts, counts.c.list_id == MailingList.id)
         .where(MailingList.account_id == account_id)
         .order_by(col(MailingList.id))
@@ -78,7 +79,7 @@ def list_contacts(
     get_list(session, account_id, list_id)
     return list(
         session.exec(
-            select(Contact)
+            sm_select(Contact)
             .join(ListMember, col(ListMember.contact_id) == Contact.id)
             .where(ListMember.list_id == list_id)
             .order_by(col(Contact.id))
@@ -97,7 +98,9 @@ def add_contact(
             "'{email}': {reason}", field="email", email=email, reason=Term(verdict.reason)
         )
     contact = session.exec(
-        select(Contact).where(Contact.account_id == account_id, Contact.email == verdict.normalized)
+        sm_select(Contact).where(
+            Contact.account_id == account_id, Contact.email == verdict.normalized
+        )
     ).first()
     if contact is None:
         known = {"first_name", "last_name", "phone", "company"}
@@ -169,14 +172,22 @@ def rejected_rows(record: ContactImport) -> list[RowError]:
     ]
 
 
-def sendable_contact_ids_query(account_id: int, list_id: int) -> Any:
-    """SELECT of the contacts of a list that may receive e-mail now (channel active)."""
+def email_audience(account_id: int, list_id: int, *leading: Any) -> Select[Any]:
+    """SELECT ``*leading``, then id, address and name of the list's contacts that may receive
+    e-mail now, in id order.  The one place that says who may be mailed (channel active;
+    suppression and consent join here as they arrive)."""
     return (
-        select(Contact.id, Contact.email, Contact.first_name, Contact.last_name)
+        select(
+            *leading,
+            col(Contact.id),
+            col(Contact.email),
+            func.trim(col(Contact.first_name) + " " + col(Contact.last_name)),
+        )
         .join(ListMember, col(ListMember.contact_id) == Contact.id)
         .where(
-            ListMember.list_id == list_id,
-            Contact.account_id == account_id,
-            Contact.email_status == ChannelStatus.ACTIVE,
+            col(ListMember.list_id) == list_id,
+            col(Contact.account_id) == account_id,
+            col(Contact.email_status) == ChannelStatus.ACTIVE,
         )
+        .order_by(col(Contact.id))
     )

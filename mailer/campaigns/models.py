@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlmodel import Field, SQLModel
 
 from mailer.core.clock import utcnow
 from mailer.core.statemachine import StateMachine
-from mailer.storage.types import UtcDateTime
+from mailer.storage.types import JsonDict, UtcDateTime
 
 
 class CampaignState(StrEnum):
@@ -61,6 +62,9 @@ class Campaign(SQLModel, table=True):
     reply_to: str | None = Field(default=None, max_length=320)
     state: str = Field(default=CampaignState.DRAFT, max_length=16, index=True)
     total: int = 0  # ledger rows snapshotted when the send started
+    # The template as it was when the send started (subject, html, text): editing the
+    # template afterwards does not change a campaign half-way through.
+    content: dict[str, Any] | None = Field(default=None, sa_type=JsonDict)
     scheduled_at: datetime | None = Field(default=None, sa_type=UtcDateTime, index=True)
     started_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     completed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

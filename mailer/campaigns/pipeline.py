@@ -15,16 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlmodel import Session, col
 
 from mailer.audience.models import Contact
 from mailer.campaigns.models import Campaign, CampaignState
-from mailer.campaigns.service import complete_if_done
+from mailer.campaigns.service import complete_if_done, fail_campaign
 from mailer.content.service import CompiledTemplate, compile_template
 from mailer.content.store import get_template
 from mailer.core.clock import utcnow
@@ -39,7 +41,7 @@ from mailer.delivery.service import transport_from_settings
 from mailer.events.models import EventKind
 from mailer.events.service import append_many
 from mailer.messages.models import MessageState
-from mailer.messages.service import ClaimedRow, claim_batch, record_results
+from mailer.messages.service import Claim, ClaimedRow, claim_batch, record_results
 from mailer.storage.db import session_scope
 from mailer.tracking.service import unsubscribe_url
 
@@ -67,7 +69,8 @@ class BatchOutcome:
     retry_at: datetime | None
 
 
-_compiled: dict[int, tuple[tuple[object, ...], CompiledCampaign]] = {}
+COMPILED_CACHE_SIZE = 32
+_compiled: OrderedDict[int, tuple[tuple[object, ...], CompiledCampaign]] = OrderedDict()
 _compiled_lock = threading.Lock()
 
 TransportFactory = Callable[[Settings], Transport]
@@ -82,13 +85,25 @@ def load_sending_campaign(session: Session, campaign_id: int) -> Campaign | None
 
 
 def compiled_campaign(session: Session, campaign: Campaign, settings: Settings) -> CompiledCampaign:
-    """The campaign's compiled form, built once per process and reused for every batch."""
+    """The campaign's compiled form, built once per process and reused for every batch.
+
+    It is compiled from the content frozen when the send started (``campaign.content``).
+    """
     assert campaign.id is not None
-    template = get_template(session, campaign.account_id, campaign.template_id)
-    key = (campaign.subject, campaign.from_email, campaign.from_name, template.updated_at)
+    content = campaign.content or _current_content(session, campaign)
+    key = (
+        campaign.started_at,
+        content["subject"],
+        content["html"],
+        content["text"],
+        campaign.from_email,
+        campaign.from_name,
+        campaign.reply_to,
+    )
     with _compiled_lock:
         cached = _compiled.get(campaign.id)
         if cached is not None and cached[0] == key:
+            _compiled.move_to_end(campaign.id)
             return cached[1]
     domain = campaign.from_email.rsplit("@", 1)[1]
     sending_domain = load_domain(settings.sending_domains_dir, domain)
@@ -96,9 +111,7 @@ def compiled_campaign(session: Session, campaign: Campaign, settings: Settings) 
         campaign_id=campaign.id,
         account_id=campaign.account_id,
         name=campaign.name,
-        template=compile_template(
-            campaign.subject or template.subject, template.html, template.text
-        ),
+        template=compile_template(content["subject"], content["html"], content["text"]),
         headers=MessageHeaders(
             from_name=campaign.from_name,
             from_email=campaign.from_email,
@@ -116,7 +129,18 @@ def compiled_campaign(session: Session, campaign: Campaign, settings: Settings) 
     )
     with _compiled_lock:
         _compiled[campaign.id] = (key, compiled)
+        while len(_compiled) > COMPILED_CACHE_SIZE:
+            _compiled.popitem(last=False)
     return compiled
+
+
+def _current_content(session: Session, campaign: Campaign) -> dict[str, Any]:
+    template = get_template(session, campaign.account_id, campaign.template_id)
+    return {
+        "subject": campaign.subject or template.subject,
+        "html": template.html,
+        "text": template.text,
+    }
 
 
 def load_contacts(session: Session, rows: Sequence[ClaimedRow]) -> dict[int, Contact]:
@@ -163,7 +187,9 @@ def build_envelopes(
         contact = contacts.get(row.contact_id) if row.contact_id is not None else None
         try:
             envelope, header_ids[row.id] = build_envelope(compiled, row, contact)
-        except MailerError as exc:
+        except Exception as exc:  # one recipient's data must not stop the batch
+            if not isinstance(exc, MailerError):
+                log.exception("message %s could not be built", row.id)
             failures.append(
                 DeliveryResult(row.id, DeliveryStatus.REJECTED, text=f"render failed: {exc}")
             )
@@ -185,7 +211,7 @@ def deliver(transport: Transport, envelopes: Sequence[Envelope]) -> list[Deliver
 def record_outcomes(
     session: Session,
     compiled: CompiledCampaign,
-    rows: Sequence[ClaimedRow],
+    claim: Claim,
     results: Sequence[DeliveryResult],
     header_ids: dict[int, str],
     settings: Settings,
@@ -193,9 +219,9 @@ def record_outcomes(
     now = utcnow()
     by_state = record_results(
         session,
+        claim,
         results,
         max_attempts=settings.max_attempts,
-        attempts={row.id: row.attempts for row in rows},
         header_ids=header_ids,
         now=now,
     )
@@ -233,20 +259,27 @@ def send_batch(
         campaign = load_sending_campaign(session, campaign_id)
         if campaign is None:
             return BatchOutcome(0, {}, None)
-        rows = claim_batch(session, message_ids)
-        if not rows:
+        try:
+            compiled = compiled_campaign(session, campaign, settings)
+        except MailerError as exc:
+            # Nothing of this campaign can be sent (its domain's key is gone, say): stop it
+            # visibly instead of retrying forever.  Its rows stay queued for a resume.
+            fail_campaign(session, campaign, str(exc))
+            return BatchOutcome(0, {}, None)
+        claim = claim_batch(session, message_ids)
+        if not claim.rows:
             complete_if_done(session, campaign_id)
             return BatchOutcome(0, {}, None)
-        compiled = compiled_campaign(session, campaign, settings)
-        contacts = load_contacts(session, rows)
+        contacts = load_contacts(session, claim.rows)
     # The claim is committed before anything leaves: a redelivered batch skips these rows.
-    envelopes, failures, header_ids = build_envelopes(compiled, rows, contacts)
+    envelopes, failures, header_ids = build_envelopes(compiled, claim.rows, contacts)
     results = failures + deliver(transport_factory(settings), envelopes)
     with session_scope(settings) as session:
-        by_state = record_outcomes(session, compiled, rows, results, header_ids, settings)
+        by_state = record_outcomes(session, compiled, claim, results, header_ids, settings)
+    with session_scope(settings) as session:
         complete_if_done(session, campaign_id)
     retry_times = [
         r.retry_at for r in results if r.status is DeliveryStatus.DEFERRED and r.retry_at
     ]
     retry_at = min(retry_times) if by_state.get(MessageState.DEFERRED) and retry_times else None
-    return BatchOutcome(len(rows), by_state, retry_at)
+    return BatchOutcome(len(claim.rows), by_state, retry_at)

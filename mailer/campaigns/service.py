@@ -3,15 +3,16 @@ resume, cancel, complete.  Interfaces call these; the send itself is ``pipeline.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Integer, String, func, insert, literal, select, update
 from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
-from mailer.accounts.service import normalise_email
-from mailer.audience.models import ChannelStatus, Contact, ListMember
-from mailer.audience.service import get_list
+from mailer.accounts.service import get_account, normalise_email
+from mailer.audience.service import email_audience, get_list
 from mailer.campaigns.models import CAMPAIGN_STATE, Campaign, CampaignState
 from mailer.content.service import check_syntax
 from mailer.content.store import get_template
@@ -23,7 +24,7 @@ from mailer.delivery.domains import load_domain
 from mailer.events.models import EventKind
 from mailer.events.service import append as append_event
 from mailer.messages.models import Message, MessageState
-from mailer.messages.service import count_by_state, pending_ids
+from mailer.messages.service import count_by_state, last_activity, pending_ids
 from mailer.storage.db import session_scope
 from mailer.storage.types import UtcDateTime
 
@@ -80,7 +81,9 @@ def list_campaigns(session: Session, account_id: int) -> list[Campaign]:
     )
 
 
-def _transition(session: Session, campaign: Campaign, target: CampaignState) -> None:
+def _transition(
+    session: Session, campaign: Campaign, target: CampaignState, **details: Any
+) -> None:
     CAMPAIGN_STATE.check(CampaignState(campaign.state), target)
     previous = campaign.state
     campaign.state = target
@@ -93,6 +96,17 @@ def _transition(session: Session, campaign: Campaign, target: CampaignState) -> 
         campaign_id=campaign.id,
         previous=previous,
         state=target.value,
+        **details,
+    )
+
+
+def schedule_campaign_local(
+    session: Session, account_id: int, campaign_id: int, local: datetime
+) -> Campaign:
+    """Schedule for a wall-clock time of the account's time zone (America/Lima by default)."""
+    zone = ZoneInfo(get_account(session, account_id).timezone)
+    return schedule_campaign(
+        session, account_id, campaign_id, local.replace(tzinfo=zone).astimezone(UTC)
     )
 
 
@@ -137,34 +151,22 @@ def start_campaign(
     _check_ready(session, campaign, settings)
     _transition(session, campaign, CampaignState.SENDING)
     now = utcnow()
-    recipients = (
-        select(
-            literal(account_id, Integer),
-            literal(campaign_id, Integer),
-            col(Contact.id),
-            literal("email", String),
-            col(Contact.email),
-            func.trim(col(Contact.first_name) + " " + col(Contact.last_name)),
-            literal(MessageState.QUEUED.value, String),
-            literal(0, Integer),
-            literal(now, UtcDateTime),
-            literal(now, UtcDateTime),
-        )
-        .join(ListMember, col(ListMember.contact_id) == Contact.id)
-        .where(
-            col(ListMember.list_id) == campaign.list_id,
-            col(Contact.account_id) == account_id,
-            col(Contact.email_status) == ChannelStatus.ACTIVE,
-        )
-        .order_by(col(Contact.id))
+    recipients = email_audience(
+        account_id, campaign.list_id, literal(account_id, Integer), literal(campaign_id, Integer)
+    ).add_columns(
+        literal("email", String),
+        literal(MessageState.QUEUED.value, String),
+        literal(0, Integer),
+        literal(now, UtcDateTime),
+        literal(now, UtcDateTime),
     )
     columns = [
         "account_id",
         "campaign_id",
         "contact_id",
-        "channel",
         "to_address",
         "to_name",
+        "channel",
         "state",
         "attempts",
         "queued_at",
@@ -173,6 +175,12 @@ def start_campaign(
     if campaign.started_at is None:
         session.execute(insert(Message).from_select(columns, recipients))
         campaign.started_at = now
+        template = get_template(session, account_id, campaign.template_id)
+        campaign.content = {
+            "subject": campaign.subject or template.subject,
+            "html": template.html,
+            "text": template.text,
+        }
     campaign.total = int(
         session.execute(
             select(func.count()).where(col(Message.campaign_id) == campaign_id)
@@ -238,9 +246,24 @@ def cancel_campaign(session: Session, account_id: int, campaign_id: int) -> Camp
     return campaign
 
 
+def fail_campaign(session: Session, campaign: Campaign, reason: str) -> None:
+    """Stop a sending campaign that cannot go on; a person can fix the cause and resume."""
+    _transition(session, campaign, CampaignState.FAILED, reason=reason[:1000])
+
+
 def complete_if_done(session: Session, campaign_id: int) -> bool:
-    """Close a sending campaign whose ledger has nothing left to send."""
-    campaign = session.get(Campaign, campaign_id)
+    """Close a sending campaign whose ledger has nothing left to send.
+
+    The campaign row is locked first: two workers finishing the last batches at the same
+    time serialise here, so the second one sees the first one's rows (PostgreSQL; SQLite
+    serialises writers anyway).
+    """
+    campaign = session.execute(
+        sm_select(Campaign)
+        .where(col(Campaign.id) == campaign_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
     if campaign is None or campaign.state != CampaignState.SENDING:
         return False
     counts = count_by_state(session, campaign_id)
@@ -270,3 +293,29 @@ def due_campaign_ids(session: Session, now: datetime | None = None) -> list[tupl
         )
     ).all()
     return [(int(a), int(c)) for a, c in rows]
+
+
+def sweep_sending_campaigns(quiet_for: timedelta, *, now: datetime | None = None) -> list[int]:
+    """Complete finished campaigns and re-enqueue stalled ones; returns those re-enqueued.
+
+    A campaign is stalled when it has rows to send and no ledger row changed for
+    *quiet_for*: its queue messages were lost (a broker restart, a crash between commit and
+    enqueue).  Enqueueing again is harmless: the actor only sends rows still unsent.
+    """
+    now = now or utcnow()
+    with session_scope() as session:
+        sending = list(
+            session.execute(
+                select(col(Campaign.id)).where(col(Campaign.state) == CampaignState.SENDING)
+            ).scalars()
+        )
+    stalled = []
+    for campaign_id in sending:
+        with session_scope() as session:
+            if complete_if_done(session, campaign_id):
+                continue
+            latest = last_activity(session, campaign_id)
+        if latest is None or now - latest >= quiet_for:
+            enqueue_pending(campaign_id)
+            stalled.append(campaign_id)
+    return stalled

@@ -94,7 +94,12 @@ class Settings(BaseSettings):
     batch_size: int = Field(250, ge=1, le=10000, description="Ledger ids per queue message.")
     max_attempts: int = Field(5, ge=1, description="Delivery attempts before a row fails.")
     send_lease_seconds: int = Field(
-        900, description="After this, a row claimed by a dead worker is offered again."
+        3600,
+        description="After this, a row claimed by a dead worker is offered again; longer "
+        "than the actor time limit (30 min), so a live worker is never overtaken.",
+    )
+    stall_seconds: int = Field(
+        600, description="A sending campaign with no ledger change for this long is re-enqueued."
     )
     relay: RelaySettings = Field(default_factory=RelaySettings)  # type: ignore[arg-type]
     capture: CaptureSettings = Field(default_factory=CaptureSettings)  # type: ignore[arg-type]

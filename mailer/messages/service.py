@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -14,13 +15,18 @@ from mailer.core.clock import utcnow
 from mailer.core.types import DeliveryResult, DeliveryStatus
 from mailer.messages.models import MESSAGE_STATE, Message, MessageState
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "Claim",
     "ClaimedRow",
     "claim_batch",
     "count_by_state",
+    "last_activity",
     "pending_ids",
     "record_results",
     "release_expired_claims",
+    "waiting_deferred",
 ]
 
 
@@ -33,9 +39,17 @@ class ClaimedRow:
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Rows a worker took, under a token only it knows."""
+
+    token: str
+    rows: list[ClaimedRow]
+
+
 def claim_batch(
     session: Session, message_ids: Sequence[int], *, now: datetime | None = None
-) -> list[ClaimedRow]:
+) -> Claim:
     """Atomically take the rows of *message_ids* that are still to send.
 
     Rows already sent, failed or claimed by another worker are left alone, which is what
@@ -72,7 +86,7 @@ def claim_batch(
         .where(col(Message.claim_token) == token, col(Message.state) == MessageState.SENDING)
         .order_by(col(Message.id))
     ).all()
-    return [ClaimedRow(*row) for row in rows]
+    return Claim(token, [ClaimedRow(*row) for row in rows])
 
 
 _STATE_OF = {
@@ -84,22 +98,41 @@ _STATE_OF = {
 
 def record_results(
     session: Session,
+    claim: Claim,
     results: Iterable[DeliveryResult],
     *,
     max_attempts: int,
-    attempts: dict[int, int],
     header_ids: dict[int, str] | None = None,
     now: datetime | None = None,
 ) -> dict[MessageState, list[int]]:
-    """Write the outcome of each claimed row in one executemany; return ids by new state.
+    """Write the outcome of each row still held by *claim* in one executemany; return the
+    ids by their new state.  A deferral past *max_attempts* becomes a failure.
 
-    A deferral past *max_attempts* becomes a failure.
+    Rows the claim no longer holds (its lease expired and another worker took them) are
+    left alone: a late outcome never overwrites a newer one.
     """
     now = now or utcnow()
     header_ids = header_ids or {}
+    attempts = {row.id: row.attempts for row in claim.rows}
+    held = set(
+        session.execute(
+            select(col(Message.id))
+            .where(
+                col(Message.id).in_(list(attempts)),
+                col(Message.claim_token) == claim.token,
+                col(Message.state) == MessageState.SENDING,
+            )
+            .with_for_update()
+        ).scalars()
+    )
+    lost = len(attempts) - len(held)
+    if lost:
+        log.warning("%d rows of claim %s were taken over before their outcome", lost, claim.token)
     by_state: dict[MessageState, list[int]] = {}
     params = []
     for result in results:
+        if result.message_id not in held:
+            continue
         state = _STATE_OF[result.status]
         if state is MessageState.DEFERRED and attempts.get(result.message_id, 0) >= max_attempts:
             state = MessageState.FAILED
@@ -150,28 +183,56 @@ def pending_ids(session: Session, campaign_id: int) -> list[int]:
 
 
 def release_expired_claims(
-    session: Session, lease: timedelta, *, now: datetime | None = None
+    session: Session, lease: timedelta, *, max_attempts: int, now: datetime | None = None
 ) -> list[int]:
-    """Offer again the rows a dead worker claimed and never settled; returns their campaigns.
+    """Settle the rows a dead worker claimed and never recorded; returns their campaigns.
 
-    The worker died between its claim and recording the outcome; the relay may or may not
-    have accepted those messages.  Until the delivery engine keeps a durable acceptance
-    journal, a row is offered again after the lease (at-least-once for that window).
+    The worker died (or was stopped by its time limit) between its claim and recording the
+    outcome; the relay may or may not have accepted those messages.  Until the delivery
+    engine keeps a durable acceptance journal, such a row is offered again after the lease
+    (at-least-once for that window), and fails once it has used *max_attempts* (a message
+    that kills its worker every time must not loop forever).
     """
     now = now or utcnow()
-    cutoff = now - lease
-    stale = col(Message.state) == MessageState.SENDING
+    stale = and_(col(Message.state) == MessageState.SENDING, col(Message.claimed_at) < now - lease)
     campaigns = list(
-        session.execute(
-            select(col(Message.campaign_id))
-            .where(stale, col(Message.claimed_at) < cutoff)
-            .distinct()
-        ).scalars()
+        session.execute(select(col(Message.campaign_id)).where(stale).distinct()).scalars()
     )
     if campaigns:
+        exhausted = col(Message.attempts) >= max_attempts
         session.execute(
             update(Message)
-            .where(stale, col(Message.claimed_at) < cutoff)
+            .where(stale, exhausted)
+            .values(
+                state=MessageState.FAILED,
+                claim_token=None,
+                reply_text="gave up: the worker stopped while sending, attempt after attempt",
+                updated_at=now,
+            )
+        )
+        session.execute(
+            update(Message)
+            .where(stale, ~exhausted)
             .values(state=MessageState.QUEUED, claim_token=None, updated_at=now)
         )
     return [c for c in campaigns if c is not None]
+
+
+def waiting_deferred(
+    session: Session, message_ids: Sequence[int]
+) -> tuple[list[int], datetime | None]:
+    """The deferred rows among *message_ids* and the earliest time one of them is due."""
+    rows = session.execute(
+        select(col(Message.id), col(Message.next_attempt_at)).where(
+            col(Message.id).in_(list(message_ids)), col(Message.state) == MessageState.DEFERRED
+        )
+    ).all()
+    due_times = [due for _id, due in rows if due is not None]
+    return [int(row_id) for row_id, _due in rows], min(due_times) if due_times else None
+
+
+def last_activity(session: Session, campaign_id: int) -> datetime | None:
+    """When a row of the campaign last changed (a stalled send shows no activity)."""
+    return session.execute(
+        select(func.max(col(Message.updated_at))).where(col(Message.campaign_id) == campaign_id)
+    ).scalar()

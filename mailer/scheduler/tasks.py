@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import select
-from sqlmodel import col
-
-from mailer.campaigns.models import Campaign, CampaignState
-from mailer.campaigns.service import due_campaign_ids, enqueue_pending, start_campaign
+from mailer.campaigns.service import (
+    due_campaign_ids,
+    enqueue_pending,
+    start_campaign,
+    sweep_sending_campaigns,
+)
 from mailer.core.config import get_settings
 from mailer.core.errors import MailerError
 from mailer.core.queue import task
@@ -36,12 +37,18 @@ def start_due_campaigns() -> None:
 
 @task(queue_name="default", max_retries=3)
 def recover_stalled_sends() -> None:
-    """Offer again the rows of workers that died mid-batch (see release_expired_claims)."""
-    lease = timedelta(seconds=get_settings().send_lease_seconds)
+    """Settle rows of workers that died mid-batch, then complete finished campaigns and
+    re-enqueue stalled ones (see release_expired_claims and sweep_sending_campaigns)."""
+    settings = get_settings()
     with session_scope() as session:
-        campaigns = release_expired_claims(session, lease)
-    for campaign_id in campaigns:
+        released = release_expired_claims(
+            session,
+            timedelta(seconds=settings.send_lease_seconds),
+            max_attempts=settings.max_attempts,
+        )
+    for campaign_id in released:
         enqueue_pending(campaign_id)
+    sweep_sending_campaigns(timedelta(seconds=settings.stall_seconds))
 
 
 @task(queue_name="default", max_retries=3)
@@ -51,13 +58,4 @@ def requeue_sending_campaigns() -> None:
     Run when an in-process broker starts: its queue did not survive the restart, the
     ledger did.  Harmless with a durable broker: the actor skips rows already handled.
     """
-    with session_scope() as session:
-        ids = (
-            session.execute(
-                select(col(Campaign.id)).where(col(Campaign.state) == CampaignState.SENDING)
-            )
-            .scalars()
-            .all()
-        )
-    for campaign_id in ids:
-        enqueue_pending(campaign_id)
+    sweep_sending_campaigns(timedelta(0))

@@ -64,11 +64,11 @@ def test_rows_claimed_by_a_dead_worker_are_offered_again(
         with session_scope() as session:
             ids = pending_ids(session, world.campaign_id)
             claimed = claim_batch(session, ids)  # ... and the worker dies here
-        assert len(claimed) == 8
+        assert len(claimed.rows) == 8
         recover_stalled_sends()  # within the lease: nothing happens
         with session_scope() as session:
             assert count_by_state(session, world.campaign_id) == {"sending": 8}
-            session.execute(update(Message).values(claimed_at=utcnow() - timedelta(hours=1)))
+            session.execute(update(Message).values(claimed_at=utcnow() - timedelta(hours=2)))
         worker = start_worker(configure_broker(settings), 2)
         try:
             recover_stalled_sends()
@@ -80,3 +80,28 @@ def test_rows_claimed_by_a_dead_worker_are_offered_again(
     finally:
         relay.stop()
     assert len(recorder.messages) == 8
+
+
+def test_a_stalled_campaign_is_enqueued_again(
+    sqlite_settings: Settings, tmp_path: Path, configure: object
+) -> None:
+    """The queue message was lost (broker restart, crash between commit and enqueue)."""
+    relay, recorder = start_recording_relay()
+    try:
+        settings = configure(sqlite_settings.database_url, MAILER_RELAY__PORT=str(relay.port))  # type: ignore[operator]
+        world = build_world(settings, tmp_path, 6)
+        with session_scope() as session:
+            start_campaign(session, world.account_id, world.campaign_id)  # never enqueued
+        worker = start_worker(configure_broker(settings), 2)
+        try:
+            recover_stalled_sends()  # recent activity: not stalled yet
+            with session_scope() as session:
+                assert count_by_state(session, world.campaign_id) == {"queued": 6}
+                session.execute(update(Message).values(updated_at=utcnow() - timedelta(hours=1)))
+            recover_stalled_sends()
+            assert wait_for_state(settings, world, {"completed"}, timeout=30) == "completed"
+        finally:
+            worker.stop()
+    finally:
+        relay.stop()
+    assert len(recorder.messages) == 6
