@@ -5,11 +5,13 @@ Stateless: run as many as needed behind a load balancer (``mailer serve`` runs o
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -27,11 +29,12 @@ from mailer.core.errors import MailerError
 from mailer.core.i18n import negotiate
 from mailer.core.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS
 from mailer.storage.db import get_engine, session_scope
-from mailer.web.routes import error_page
+from mailer.web.routes import error_page, invalid_form
 from mailer.web.routes import router as web_router
 from mailer.workers import broker_reachable, configure_broker, queue_depth
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
+LOOPBACK = {"127.0.0.1", "::1", "testclient"}  # the last one is FastAPI's test client
 
 
 class LedgerCollector(Collector):
@@ -72,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/api/openapi.json",
         redoc_url=None,
     )
+    app.state.settings = settings
     app.add_middleware(
         SessionMiddleware,
         secret_key=settings.secret_key,
@@ -80,7 +84,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         same_site="lax",
         https_only=settings.effective_cookie_secure,
     )
-    api_errors.install(app)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith("/api/"):
+            return api_errors.invalid_request(exc)
+        return invalid_form(request, exc)
 
     @app.exception_handler(MailerError)
     async def mailer_error(request: Request, exc: MailerError) -> Response:
@@ -137,7 +146,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _collector.settings = settings
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
+        """Prometheus metrics: for the token holder, or for a scraper on this machine."""
+        if settings.metrics_token:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            allowed = hmac.compare_digest(given, settings.metrics_token)
+        else:
+            allowed = request.client is not None and request.client.host in LOOPBACK
+        if not allowed:
+            return PlainTextResponse("forbidden\n", status_code=403)
         return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(api_router)

@@ -402,6 +402,7 @@ def run_server(settings: Settings, *, host: str | None = None, port: int | None 
     import uvicorn
 
     from mailer.asgi import create_app
+    from mailer.campaigns.service import account_of_campaign
     from mailer.core.queue import enqueue
     from mailer.delivery.service import start_capture_relay
     from mailer.scheduler.service import PeriodicLoop
@@ -413,7 +414,7 @@ def run_server(settings: Settings, *, host: str | None = None, port: int | None 
     broker = configure_broker(settings)
     capture = None
     if settings.capture.enabled:
-        capture = start_capture_relay(settings)
+        capture = start_capture_relay(settings, account_of=account_of_campaign)
         console.print(f"capture relay on smtp://{settings.capture.host}:{settings.capture.port}")
     worker = loop = None
     if not settings.broker_url:
@@ -533,22 +534,15 @@ def demo(
 @user_app.command("password")
 def user_password(email: str, password: Annotated[str | None, typer.Option()] = None) -> None:
     """Set a user's password."""
-    from sqlmodel import select
-
-    from mailer.accounts.models import User
-    from mailer.accounts.service import hash_password
+    from mailer.accounts.service import audit, set_password
     from mailer.storage.db import session_scope
 
     if password is None:
         password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
     try:
         with session_scope() as session:
-            user = session.exec(select(User).where(User.email == email.strip().lower())).first()
-            if user is None:
-                err.print(f"[red]no user {email}[/]")
-                raise typer.Exit(1)
-            user.password_hash = hash_password(password)
-            session.add(user)
+            user = set_password(session, email, password)
+            audit(session, None, "user.password", f"user:{user.id}", account_id=user.account_id)
     except MailerError as exc:
         raise _fail(exc) from None
     console.print("[green]password changed[/]")

@@ -130,6 +130,15 @@ def authenticate(session: Session, email: str, password: str) -> User:
     return user
 
 
+def set_password(session: Session, email: str, password: str) -> User:
+    user = session.exec(select(User).where(User.email == email.strip().lower())).first()
+    if user is None:
+        raise NotFound("there is no user {email}", field="email", email=email)
+    user.password_hash = hash_password(password)
+    session.add(user)
+    return user
+
+
 def get_user(session: Session, user_id: int) -> User | None:
     user = session.get(User, user_id)
     return user if user is not None and user.active else None

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Path, Query, Request
 from sqlmodel import Session
 
 from mailer.accounts.roles import Permission, require
 from mailer.accounts.service import Principal, verify_api_key
 from mailer.core.errors import AuthenticationFailed
 from mailer.core.i18n import negotiate
-from mailer.storage.db import request_session
+from mailer.storage.db import session_scope
 
 
 def request_locale(accept_language: Annotated[str | None, Header()] = None) -> str:
@@ -21,6 +21,19 @@ def request_locale(accept_language: Annotated[str | None, Header()] = None) -> s
 
 
 Locale = Annotated[str, Depends(request_locale)]
+MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+Offset = Annotated[int, Query(ge=0, le=10**9)]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def request_session(request: Request) -> Iterator[Session]:
+    """The request's session, on the database of the app's settings; committed before the
+    response is sent (``scope="function"``), so a client that reads next sees the write."""
+    with session_scope(request.app.state.settings) as session:
+        yield session
+
+
 SessionDep = Annotated[Session, Depends(request_session, scope="function")]
 
 
@@ -55,4 +68,3 @@ def allowed(permission: Permission) -> Callable[..., Principal]:
 Reader = Annotated[Principal, Depends(allowed(Permission.READ))]
 Editor = Annotated[Principal, Depends(allowed(Permission.EDIT))]
 Sender = Annotated[Principal, Depends(allowed(Permission.SEND))]
-Admin = Annotated[Principal, Depends(allowed(Permission.ADMIN))]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -46,13 +45,10 @@ def json_error(exc: MailerError, locale: str = DEFAULT_LOCALE) -> JSONResponse:
     )
 
 
-def install(app: FastAPI) -> None:
-    """Request validation errors in the API's error shape."""
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        field = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
-        return JSONResponse(
-            error_body("validation_failed", str(first.get("msg")), field), status_code=422
-        )
+def invalid_request(exc: RequestValidationError) -> JSONResponse:
+    """A request FastAPI could not validate, in the API's error shape."""
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    field = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
+    return JSONResponse(
+        error_body("validation_failed", str(first.get("msg")), field), status_code=422
+    )

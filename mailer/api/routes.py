@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from sqlmodel import Session
 
 from mailer.accounts.service import Principal, audit, get_account
-from mailer.api.deps import Editor, Locale, Reader, Sender, SessionDep
+from mailer.api.deps import Editor, Id, Limit, Locale, Offset, Reader, Sender, SessionDep
 from mailer.api.schemas import (
     CampaignIn,
     CampaignOut,
@@ -82,17 +82,17 @@ def post_list(body: ListIn, session: SessionDep, principal: Editor) -> ListOut:
 
 @router.get("/lists/{list_id}/contacts", response_model=list[ContactOut], tags=["lists"])
 def get_list_contacts(
-    list_id: int, session: SessionDep, principal: Reader, offset: int = 0, limit: int = 100
+    list_id: Id, session: SessionDep, principal: Reader, offset: Offset = 0, limit: Limit = 100
 ) -> list[ContactOut]:
     contacts = audience.list_contacts(
-        session, principal.account_id, list_id, offset=offset, limit=min(limit, 1000)
+        session, principal.account_id, list_id, offset=offset, limit=limit
     )
     return [ContactOut.model_validate(c, from_attributes=True) for c in contacts]
 
 
 @router.post("/lists/{list_id}/import", response_model=ImportOut, tags=["lists"])
 def import_into_list(
-    list_id: int,
+    list_id: Id,
     session: SessionDep,
     principal: Editor,
     locale: Locale,
@@ -175,7 +175,7 @@ def post_template(body: TemplateIn, session: SessionDep, principal: Editor) -> T
 
 
 @router.get("/templates/{template_id}", response_model=TemplateOut, tags=["templates"])
-def get_template(template_id: int, session: SessionDep, principal: Reader) -> TemplateOut:
+def get_template(template_id: Id, session: SessionDep, principal: Reader) -> TemplateOut:
     template = templates.get_template(session, principal.account_id, template_id)
     return TemplateOut.model_validate(template, from_attributes=True)
 
@@ -206,14 +206,14 @@ def post_campaign(body: CampaignIn, session: SessionDep, principal: Editor) -> C
 
 
 @router.get("/campaigns/{campaign_id}", response_model=CampaignOut, tags=["campaigns"])
-def get_campaign(campaign_id: int, session: SessionDep, principal: Reader) -> CampaignOut:
+def get_campaign(campaign_id: Id, session: SessionDep, principal: Reader) -> CampaignOut:
     """The campaign with its ledger counts (queued, sending, sent, deferred, failed...)."""
     return _campaign_out(
         session, campaigns.get_campaign(session, principal.account_id, campaign_id)
     )
 
 
-def _audited(session: Session, principal: Principal, action: str, campaign_id: int) -> None:
+def _audited(session: Session, principal: Principal, action: str, campaign_id: Id) -> None:
     audit(session, principal, action, f"campaign:{campaign_id}")
     session.commit()
 
@@ -224,7 +224,7 @@ def _audited(session: Session, principal: Principal, action: str, campaign_id: i
     status_code=status.HTTP_202_ACCEPTED,
     tags=["campaigns"],
 )
-def send_campaign(campaign_id: int, session: SessionDep, principal: Sender) -> CampaignOut:
+def send_campaign(campaign_id: Id, session: SessionDep, principal: Sender) -> CampaignOut:
     """Start sending now: answers 202 at once; the workers deliver in the background."""
     campaigns.send_now(principal.account_id, campaign_id, actor=principal.actor)
     _audited(session, principal, "campaign.send", campaign_id)
@@ -235,7 +235,7 @@ def send_campaign(campaign_id: int, session: SessionDep, principal: Sender) -> C
 
 @router.post("/campaigns/{campaign_id}/schedule", response_model=CampaignOut, tags=["campaigns"])
 def schedule_campaign(
-    campaign_id: int, body: ScheduleIn, session: SessionDep, principal: Sender
+    campaign_id: Id, body: ScheduleIn, session: SessionDep, principal: Sender
 ) -> CampaignOut:
     campaign = campaigns.schedule_campaign(
         session, principal.account_id, campaign_id, body.scheduled_at
@@ -245,14 +245,14 @@ def schedule_campaign(
 
 
 @router.post("/campaigns/{campaign_id}/pause", response_model=CampaignOut, tags=["campaigns"])
-def pause_campaign(campaign_id: int, session: SessionDep, principal: Sender) -> CampaignOut:
+def pause_campaign(campaign_id: Id, session: SessionDep, principal: Sender) -> CampaignOut:
     campaign = campaigns.pause_campaign(session, principal.account_id, campaign_id)
     _audited(session, principal, "campaign.pause", campaign_id)
     return _campaign_out(session, campaign)
 
 
 @router.post("/campaigns/{campaign_id}/resume", response_model=CampaignOut, tags=["campaigns"])
-def resume_campaign(campaign_id: int, session: SessionDep, principal: Sender) -> CampaignOut:
+def resume_campaign(campaign_id: Id, session: SessionDep, principal: Sender) -> CampaignOut:
     campaigns.resume_campaign(principal.account_id, campaign_id)
     _audited(session, principal, "campaign.resume", campaign_id)
     return _campaign_out(
@@ -261,7 +261,7 @@ def resume_campaign(campaign_id: int, session: SessionDep, principal: Sender) ->
 
 
 @router.post("/campaigns/{campaign_id}/cancel", response_model=CampaignOut, tags=["campaigns"])
-def cancel_campaign(campaign_id: int, session: SessionDep, principal: Sender) -> CampaignOut:
+def cancel_campaign(campaign_id: Id, session: SessionDep, principal: Sender) -> CampaignOut:
     campaign = campaigns.cancel_campaign(session, principal.account_id, campaign_id)
     _audited(session, principal, "campaign.cancel", campaign_id)
     return _campaign_out(session, campaign)

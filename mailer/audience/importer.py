@@ -162,10 +162,15 @@ def _iter_rows(stream: IO[bytes]) -> tuple[str, str, Iterator[tuple[int, list[st
         raise ValidationFailed("the file is empty: it has no header row", field="file") from None
 
     def rows() -> Iterator[tuple[int, list[str]]]:
-        for values in reader:
-            if not any(v.strip() for v in values):
-                continue
-            yield reader.line_num, values
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise UnreadableFrom(reader.line_num, str(exc)) from exc
+            if any(v.strip() for v in values):
+                yield reader.line_num, values
 
     return encoding, delimiter, rows(), headers
 
@@ -202,26 +207,46 @@ def import_csv(
     report = ImportReport(encoding=encoding, delimiter=delimiter, mapping=mapping)
     seen: set[str] = set()
     chunk: list[dict[str, Any]] = []
-    for line, values in rows:
-        report.rows += 1
-        contact = _parse_row(line, headers, values, mapping, report)
-        if contact is None:
-            continue
-        if contact["email"] in seen:
-            report.duplicates_in_file += 1
-            continue
-        seen.add(contact["email"])
-        chunk.append(contact)
-        if len(chunk) >= CHUNK_ROWS:
-            _write_chunk(session, account_id, chunk, list_id, mode, report)
-            chunk = []
-            if progress:
-                progress(report.rows)
+    try:
+        for line, values in rows:
+            report.rows += 1
+            contact = _parse_row(line, headers, values, mapping, report)
+            if contact is None:
+                continue
+            if contact["email"] in seen:
+                report.duplicates_in_file += 1
+                continue
+            seen.add(contact["email"])
+            chunk.append(contact)
+            if len(chunk) >= CHUNK_ROWS:
+                _write_chunk(session, account_id, chunk, list_id, mode, report)
+                chunk.clear()
+                if progress:
+                    progress(report.rows)
+    except UnreadableFrom as stop:
+        # csv cannot resynchronise after this (typically a quote never closed): keep what
+        # was read, and say where the file stopped being readable.
+        report.errors.append(
+            RowError(
+                stop.line,
+                "*",
+                "",
+                "the file cannot be read from here on: {error} (a quote never closed?)",
+                {"error": stop.error},
+            )
+        )
     if chunk:
         _write_chunk(session, account_id, chunk, list_id, mode, report)
     if progress:
         progress(report.rows)
     return report
+
+
+class UnreadableFrom(Exception):
+    def __init__(self, line: int, error: str) -> None:
+        super().__init__(error)
+        self.line = line
+        self.error = error
 
 
 def _parse_row(
@@ -326,18 +351,16 @@ def _write_chunk(
         if merged != (current.attributes or {}):
             changes["attributes"] = merged
         if changes:
-            updates.append({"id_": current.id, **changes})
+            updates.append({"id": current.id, "updated_at": now, **changes})
             report.updated += 1
         else:
             report.unchanged += 1
     if new_rows:
         _insert_ignore(session, Contact, new_rows)
         report.created += len(new_rows)
-    for change in updates:
-        contact_id = change.pop("id_")
-        session.execute(
-            update(Contact).where(col(Contact.id) == contact_id).values(**change, updated_at=now)
-        )
+    if updates:
+        # ORM bulk UPDATE by primary key: one executemany per set of changed columns.
+        session.execute(update(Contact), updates)
     if list_id is not None:
         ids = (
             session.execute(

@@ -23,7 +23,7 @@ from mailer.core.queue import enqueue
 from mailer.delivery.domains import load_domain
 from mailer.events.models import EventKind
 from mailer.events.service import append as append_event
-from mailer.messages.models import Message, MessageState
+from mailer.messages.models import MESSAGE_STATE, Message, MessageState
 from mailer.messages.service import count_by_state, last_activity, pending_ids
 from mailer.storage.db import session_scope
 from mailer.storage.types import UtcDateTime
@@ -239,7 +239,7 @@ def cancel_campaign(session: Session, account_id: int, campaign_id: int) -> Camp
         update(Message)
         .where(
             col(Message.campaign_id) == campaign_id,
-            col(Message.state).in_([MessageState.QUEUED, MessageState.DEFERRED]),
+            col(Message.state).in_(MESSAGE_STATE.sources_of(MessageState.CANCELLED)),
         )
         .values(state=MessageState.CANCELLED, updated_at=utcnow())
     )
@@ -273,6 +273,13 @@ def complete_if_done(session: Session, campaign_id: int) -> bool:
     _transition(session, campaign, CampaignState.COMPLETED)
     campaign.completed_at = utcnow()
     return True
+
+
+def account_of_campaign(campaign_id: int) -> int | None:
+    """The account a campaign belongs to (None if it does not exist)."""
+    with session_scope() as session:
+        campaign = session.get(Campaign, campaign_id)
+        return campaign.account_id if campaign else None
 
 
 def campaign_counts(session: Session, campaign: Campaign) -> dict[str, int]:

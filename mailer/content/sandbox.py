@@ -46,8 +46,51 @@ def _none_as_empty(value: Any) -> Any:
     return "" if value is None else value
 
 
+MAX_SEQUENCE = 100_000
+"""Longest string or list a template may build with ``*`` (``'a' * 10**9`` is refused)."""
+MAX_EXPONENT = 100
+MAX_RANGE = 10_000
+"""Longest ``range()``: a message loops over a handful of items, never millions."""
+MAX_RENDER_CHARS = 5_000_000
+"""Largest rendered part (Gmail clips a message at 102 KB; this only stops runaways)."""
+MAX_RENDER_SECONDS = 2.0
+"""Longest time one part may render."""
+
+
+class LimitedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, plus limits on what a template can make the process do.
+
+    ``*`` and ``**`` are intercepted (which also stops Jinja from folding them at compile
+    time, where ``'a' * 10**9`` would otherwise be evaluated by the syntax check itself).
+    """
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for sequence, count in ((left, right), (right, left)):
+                repeats = isinstance(sequence, str | list | tuple) and isinstance(count, int)
+                if repeats and len(sequence) * max(count, 0) > MAX_SEQUENCE:
+                    raise SecurityError(
+                        f"a repeated text or list may not exceed {MAX_SEQUENCE} items"
+                    )
+            return left * right
+        if operator == "**":
+            if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
+                raise SecurityError(f"exponents above {MAX_EXPONENT} are not allowed")
+            return left**right
+        return super().call_binop(context, operator, left, right)
+
+
+def limited_range(*args: int) -> range:
+    numbers = range(*args)
+    if len(numbers) > MAX_RANGE:
+        raise SecurityError(f"range() may not exceed {MAX_RANGE} items")
+    return numbers
+
+
 def _environment(*, autoescape: bool, trim_blocks: bool = False) -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = LimitedSandbox(
         autoescape=autoescape,
         undefined=LenientUndefined,
         finalize=_none_as_empty,
@@ -59,6 +102,7 @@ def _environment(*, autoescape: bool, trim_blocks: bool = False) -> ImmutableSan
     env.filters.update(fecha=fecha, soles=soles, default=default, d=default)
     # lipsum(n) would let a template burn CPU generating text; nothing needs it.
     env.globals.pop("lipsum", None)
+    env.globals["range"] = limited_range
     return env
 
 

@@ -10,6 +10,7 @@ index and personalised URL into the URL to put in the message.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -24,7 +25,14 @@ from mailer.content import compiler
 from mailer.content.compiler import compile_part, protect_jinja
 from mailer.content.errors import TemplateError, TemplatePart
 from mailer.content.links import Link, rewrite_links
-from mailer.content.sandbox import DERIVED_TEXT_ENV, HTML_ENV, TEMPLATE_GLOBALS, TEXT_ENV
+from mailer.content.sandbox import (
+    DERIVED_TEXT_ENV,
+    HTML_ENV,
+    MAX_RENDER_CHARS,
+    MAX_RENDER_SECONDS,
+    TEMPLATE_GLOBALS,
+    TEXT_ENV,
+)
 from mailer.content.text import html_to_text_template, tidy_rendered_text
 
 __all__ = [
@@ -177,8 +185,18 @@ def _run(template: Template, variables: dict[str, Any]) -> str:
     same variables, so they are merged once and shared.
     """
     context = template.new_context(variables, shared=True)
+    chunks: list[str] = []
+    size = 0
+    deadline = time.monotonic() + MAX_RENDER_SECONDS
     try:
-        return "".join(template.root_render_func(context))
+        for chunk in template.root_render_func(context):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_RENDER_CHARS:
+                raise SecurityError(f"the rendered part exceeds {MAX_RENDER_CHARS} characters")
+            if len(chunks) % 256 == 0 and time.monotonic() > deadline:
+                raise SecurityError(f"the template took more than {MAX_RENDER_SECONDS} s to render")
+        return "".join(chunks)
     except Exception:
         template.environment.handle_exception()  # re-raises, with template line numbers
 

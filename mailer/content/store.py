@@ -74,17 +74,7 @@ def create_template(
     library_key: str | None = None,
 ) -> Template:
     """Save a template after checking its syntax (the error names the part and the line)."""
-    name = name.strip()
-    if not name:
-        raise ValidationFailed("the template needs a name", field="name")
-    if not subject.strip():
-        raise ValidationFailed("the template needs a subject", field="subject")
-    check_syntax(subject, html, text or None)
-    existing = session.exec(
-        select(Template).where(Template.account_id == account_id, Template.name == name)
-    ).first()
-    if existing is not None:
-        raise Conflict("a template named '{name}' already exists", field="name", name=name)
+    name = _checked(session, account_id, name, subject, html, text)
     template = Template(
         account_id=account_id,
         name=name,
@@ -110,9 +100,9 @@ def update_template(
     name: str | None = None,
 ) -> Template:
     template = get_template(session, account_id, template_id)
-    check_syntax(subject, html, text or None)
-    if name:
-        template.name = name.strip()
+    template.name = _checked(
+        session, account_id, name or template.name, subject, html, text, template_id=template_id
+    )
     template.subject = subject.strip()
     template.html = html
     template.text = text or None
@@ -120,6 +110,38 @@ def update_template(
     session.add(template)
     session.flush()
     return template
+
+
+MAX_TEMPLATE_CHARS = 512 * 1024
+
+
+def _checked(
+    session: Session,
+    account_id: int,
+    name: str,
+    subject: str,
+    html: str,
+    text: str | None,
+    *,
+    template_id: int | None = None,
+) -> str:
+    """The stripped name, once name, subject, size and syntax are fine and the name is free."""
+    name = name.strip()
+    if not name:
+        raise ValidationFailed("the template needs a name", field="name")
+    if not subject.strip():
+        raise ValidationFailed("the template needs a subject", field="subject")
+    if len(html) + len(text or "") > MAX_TEMPLATE_CHARS:
+        raise ValidationFailed(
+            "the template is larger than {limit} KB", field="html", limit=MAX_TEMPLATE_CHARS // 1024
+        )
+    check_syntax(subject, html, text or None)
+    clash = session.exec(
+        select(Template).where(Template.account_id == account_id, Template.name == name)
+    ).first()
+    if clash is not None and clash.id != template_id:
+        raise Conflict("a template named '{name}' already exists", field="name", name=name)
+    return name
 
 
 def create_from_library(session: Session, account_id: int, item: LibraryTemplate) -> Template:

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     cookie_secure: bool | None = Field(
         None, description="Secure flag on the session cookie; default: when base_url is https."
     )
+    metrics_token: str = Field(
+        "", description="Bearer token for /metrics; empty = only scrapes from this machine."
+    )
     timezone: str = Field("America/Lima", description="Default account time zone.")
     sending_domains_dir: Path = Field(
         Path("sending_domains"), description="One folder per sending domain (DKIM keys)."

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
 
 
 class Channel(StrEnum):
@@ -20,15 +19,6 @@ class Role(StrEnum):
     MANAGER = "manager"  # create and send
     EDITOR = "editor"  # create and edit, never send
     VIEWER = "viewer"  # read only
-
-
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """Who one message goes to, with the data its template may use."""
-
-    message_id: int
-    email: str
-    fields: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ class CapturedMessage(SQLModel, table=True):
     __tablename__ = "captured_messages"
 
     id: int | None = Field(default=None, primary_key=True)
+    # The account whose campaign sent it (from X-Mailer-Campaign); None for other mail.
+    account_id: int | None = Field(default=None, foreign_key="accounts.id", index=True)
     mail_from: str = Field(max_length=320)
     rcpt_to: str = Field(max_length=2000, index=True)
     subject: str = Field(default="", max_length=998)

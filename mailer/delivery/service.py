@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import ColumnElement, delete, func, insert, or_, select
 from sqlmodel import Session, col
 
 from mailer.core.config import Settings
@@ -38,20 +40,34 @@ def transport_from_settings(settings: Settings) -> Transport:
     )
 
 
-def _subject_of(data: bytes) -> str:
+CAMPAIGN_HEADER = "X-Mailer-Campaign"
+
+AccountOfCampaign = Callable[[int], int | None]
+"""Given a campaign id, its account (the capture store must not import campaigns)."""
+
+
+def _subject_and_campaign(data: bytes) -> tuple[str, int | None]:
     headers = BytesHeaderParser(policy=compat32).parsebytes(data, headersonly=True)
     raw = headers.get("Subject", "")
     try:
-        return str(make_header(decode_header(str(raw))))[:998]
+        subject = str(make_header(decode_header(str(raw))))[:998]
     except (UnicodeError, LookupError, ValueError):
-        return str(raw)[:998]
+        subject = str(raw)[:998]
+    campaign = str(headers.get(CAMPAIGN_HEADER, "")).strip()
+    return subject, int(campaign) if campaign.isdigit() else None
 
 
 class CaptureStore:
     """Writes captured messages in batches (the SMTP handler only appends to a buffer)."""
 
-    def __init__(self, settings: Settings, flush_seconds: float = 0.2) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        account_of: AccountOfCampaign | None = None,
+        flush_seconds: float = 0.2,
+    ) -> None:
         self.settings = settings
+        self.account_of = account_of
         self.flush_seconds = flush_seconds
         self._buffer: list[dict[str, object]] = []
         self._lock = threading.Lock()
@@ -59,15 +75,32 @@ class CaptureStore:
         self._thread = threading.Thread(target=self._run, name="capture-store", daemon=True)
 
     def __call__(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> None:
-        row = {
+        subject, campaign_id = _subject_and_campaign(data)
+        row: dict[str, object] = {
+            "campaign_id": campaign_id,
             "mail_from": mail_from[:320],
             "rcpt_to": ", ".join(rcpt_tos)[:2000],
-            "subject": _subject_of(data),
+            "subject": subject,
             "size": len(data),
             "data": data,
         }
         with self._lock:
             self._buffer.append(row)
+
+    def _attributed(self, rows: list[dict[str, object]]) -> list[dict[str, object]]:
+        """The rows to insert, each with the account of the campaign that sent it."""
+        accounts: dict[int, int | None] = {}
+        attributed = []
+        for row in rows:
+            campaign_id = row["campaign_id"]
+            account_id = None
+            if isinstance(campaign_id, int) and self.account_of is not None:
+                if campaign_id not in accounts:
+                    accounts[campaign_id] = self.account_of(campaign_id)
+                account_id = accounts[campaign_id]
+            fields = {key: value for key, value in row.items() if key != "campaign_id"}
+            attributed.append({**fields, "account_id": account_id})
+        return attributed
 
     def start(self) -> None:
         self._thread.start()
@@ -91,7 +124,7 @@ class CaptureStore:
             return 0
         try:
             with session_scope(self.settings) as session:
-                session.execute(insert(CapturedMessage), rows)
+                session.execute(insert(CapturedMessage), self._attributed(rows))
                 _trim(session, self.settings.capture.keep)
         except Exception:
             with self._lock:
@@ -111,18 +144,37 @@ def _trim(session: Session, keep: int) -> None:
         session.execute(delete(CapturedMessage).where(col(CapturedMessage.id) <= newest))
 
 
-def start_capture_relay(settings: Settings) -> tuple[CaptureRelay, CaptureStore]:
-    store = CaptureStore(settings)
+def start_capture_relay(
+    settings: Settings, account_of: AccountOfCampaign | None = None
+) -> tuple[CaptureRelay, CaptureStore]:
+    store = CaptureStore(settings, account_of)
     store.start()
     relay = CaptureRelay(settings.capture.host, settings.capture.port, sink=store)
     relay.start()
     return relay, store
 
 
-def list_captured(session: Session, *, offset: int = 0, limit: int = 50) -> list[CapturedMessage]:
+@dataclass(frozen=True, slots=True)
+class CaptureScope:
+    """Which captured mail a reader may see: its account's, and maybe mail of no account."""
+
+    account_id: int
+    include_unattributed: bool = False
+
+    def condition(self) -> ColumnElement[bool]:
+        mine = col(CapturedMessage.account_id) == self.account_id
+        if self.include_unattributed:
+            return or_(mine, col(CapturedMessage.account_id).is_(None))
+        return mine
+
+
+def list_captured(
+    session: Session, scope: CaptureScope, *, offset: int = 0, limit: int = 50
+) -> list[CapturedMessage]:
     return list(
         session.execute(
             select(CapturedMessage)
+            .where(scope.condition())
             .order_by(col(CapturedMessage.id).desc())
             .offset(offset)
             .limit(limit)
@@ -130,12 +182,18 @@ def list_captured(session: Session, *, offset: int = 0, limit: int = 50) -> list
     )
 
 
-def count_captured(session: Session) -> int:
-    return int(session.execute(select(func.count()).select_from(CapturedMessage)).scalar_one())
+def count_captured(session: Session, scope: CaptureScope) -> int:
+    return int(
+        session.execute(
+            select(func.count()).select_from(CapturedMessage).where(scope.condition())
+        ).scalar_one()
+    )
 
 
-def get_captured(session: Session, captured_id: int) -> CapturedMessage:
-    message = session.get(CapturedMessage, captured_id)
+def get_captured(session: Session, scope: CaptureScope, captured_id: int) -> CapturedMessage:
+    message: CapturedMessage | None = session.execute(
+        select(CapturedMessage).where(col(CapturedMessage.id) == captured_id, scope.condition())
+    ).scalar_one_or_none()
     if message is None:
         raise NotFound("captured message {id} does not exist", id=captured_id)
     return message

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from mailer.core.clock import utcnow
 from mailer.events.models import Event
@@ -60,16 +60,5 @@ def append(
             campaign_id=campaign_id,
             message_id=message_id,
             data=data,
-        )
-    )
-
-
-def for_campaign(session: Session, campaign_id: int, *, limit: int = 100) -> list[Event]:
-    return list(
-        session.exec(
-            select(Event)
-            .where(col(Event.campaign_id) == campaign_id)
-            .order_by(col(Event.id).desc())
-            .limit(limit)
         )
     )

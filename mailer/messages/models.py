@@ -36,7 +36,6 @@ MESSAGE_STATE = StateMachine[MessageState](
         _M.CANCELLED: frozenset(),
     },
 )
-FINAL_STATES = frozenset({_M.SENT, _M.FAILED, _M.BOUNCED, _M.CANCELLED})
 
 
 class Message(SQLModel, table=True):

@@ -106,9 +106,3 @@ def load_models() -> type[SQLModel]:
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
-
-
-def request_session() -> Iterator[Session]:
-    """A per-request session for the HTTP interfaces (FastAPI dependency)."""
-    with session_scope() as session:
-        yield session

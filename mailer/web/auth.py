@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Form, Request
+from fastapi import Depends, Form, Path, Query, Request
 from sqlmodel import Session
 
 from mailer.accounts.roles import Permission, can
 from mailer.accounts.service import Principal, get_account, get_user, user_principal
 from mailer.core.errors import MailerError
-from mailer.storage.db import request_session
+from mailer.storage.db import session_scope
+
+MAX_ID = 2**31 - 1  # ids are 32-bit integers on PostgreSQL
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+Page = Annotated[int, Query(ge=1, le=100_000)]
+
+
+def request_session(request: Request) -> Iterator[Session]:
+    """The request's session, on the database of the app's settings; committed before the
+    response is sent (``scope="function"``), so a client that reads next sees the write."""
+    with session_scope(request.app.state.settings) as session:
+        yield session
+
 
 SessionDep = Annotated[Session, Depends(request_session, scope="function")]
 
@@ -86,4 +98,3 @@ def page(permission: Permission) -> Callable[..., Principal]:
 Reader = Annotated[Principal, Depends(page(Permission.READ))]
 Editor = Annotated[Principal, Depends(page(Permission.EDIT))]
 Sender = Annotated[Principal, Depends(page(Permission.SEND))]
-Admin = Annotated[Principal, Depends(page(Permission.ADMIN))]

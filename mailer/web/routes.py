@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import html
+from datetime import datetime
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default as default_policy
@@ -11,12 +12,13 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from mailer.accounts.roles import ROLE_LABELS_ES, Permission, can
-from mailer.accounts.service import audit, authenticate, get_account, user_principal
+from mailer.accounts.service import Principal, audit, authenticate, get_account, user_principal
 from mailer.analytics.service import ledger_totals
 from mailer.audience import service as audience
 from mailer.audience.importer import ImportReport
@@ -24,7 +26,7 @@ from mailer.audience.models import CHANNEL_LABELS_ES
 from mailer.campaigns import service as campaigns
 from mailer.campaigns.models import STATE_LABELS_ES
 from mailer.content import store as templates
-from mailer.content.service import compile_template
+from mailer.content.preview import preview, sample_subject
 from mailer.core.config import get_settings
 from mailer.core.errors import AuthenticationFailed, MailerError
 from mailer.core.i18n import localise, localise_text
@@ -34,6 +36,8 @@ from mailer.tracking import service as tracking
 from mailer.web.auth import (
     CsrfChecked,
     Editor,
+    Id,
+    Page,
     Reader,
     Sender,
     SessionDep,
@@ -57,7 +61,7 @@ PORTAL_LOCALE = "es"
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     user = getattr(request.state, "user", None)
     role = user.role if user else None
-    zone = ZoneInfo(getattr(request.state, "timezone", None) or get_settings().timezone)
+    zone = ZoneInfo(getattr(request.state, "timezone", None) or request.app.state.settings.timezone)
     context.setdefault("zone", zone)
     context.setdefault("local", lambda moment: moment.astimezone(zone).strftime("%d/%m/%Y %H:%M"))
     context.update(
@@ -178,10 +182,9 @@ def lists_create(
 
 @router.get("/lists/{list_id}")
 def list_detail(
-    request: Request, list_id: int, session: SessionDep, principal: Reader, page: int = 1
+    request: Request, list_id: Id, session: SessionDep, principal: Reader, page: Page = 1
 ) -> HTMLResponse:
     lst = audience.get_list(session, principal.account_id, list_id)
-    page = max(page, 1)
     contacts = audience.list_contacts(
         session, principal.account_id, list_id, offset=(page - 1) * 100, limit=100
     )
@@ -198,7 +201,7 @@ def list_detail(
 @router.post("/lists/{list_id}/import", dependencies=[CsrfChecked])
 def list_import(
     request: Request,
-    list_id: int,
+    list_id: Id,
     session: SessionDep,
     principal: Editor,
     file: Annotated[UploadFile, File()],
@@ -253,7 +256,7 @@ def _portal_text(template: str, params: dict[str, Any]) -> str:
 
 
 @router.get("/imports/{import_id}/errors.csv")
-def import_errors(import_id: int, session: SessionDep, principal: Reader) -> Response:
+def import_errors(import_id: Id, session: SessionDep, principal: Reader) -> Response:
     """The rejected rows of an import, in Spanish, for Excel (UTF-8 with BOM)."""
     record = audience.get_import(session, principal.account_id, import_id)
     report = ImportReport(errors=audience.rejected_rows(record))
@@ -313,7 +316,7 @@ def template_create(
 
 @router.get("/templates/{template_id}")
 def template_edit(
-    request: Request, template_id: int, session: SessionDep, principal: Reader
+    request: Request, template_id: Id, session: SessionDep, principal: Reader
 ) -> HTMLResponse:
     template = templates.get_template(session, principal.account_id, template_id)
     return render(request, "template_edit.html", template=template, form=template.model_dump())
@@ -322,7 +325,7 @@ def template_edit(
 @router.post("/templates/{template_id}", dependencies=[CsrfChecked])
 def template_save(
     request: Request,
-    template_id: int,
+    template_id: Id,
     session: SessionDep,
     principal: Editor,
     name: Annotated[str, Form()] = "",
@@ -357,33 +360,18 @@ def template_save(
     return redirect(f"/templates/{template_id}")
 
 
-SAMPLE_CONTACT = {
-    "email": "maria.quispe@example.pe",
-    "first_name": "María",
-    "last_name": "Quispe",
-    "company": "Servicios Andinos S.A.C.",
-    "phone": "+51987654321",
-    "ruc": "20123456789",
-}
-
-
 @router.get("/templates/{template_id}/preview")
 def template_preview(
-    request: Request, template_id: int, session: SessionDep, principal: Reader
+    request: Request, template_id: Id, session: SessionDep, principal: Reader
 ) -> Response:
     """The template rendered for a sample contact (shown in a sandboxed iframe)."""
     template = templates.get_template(session, principal.account_id, template_id)
     try:
-        compiled = compile_template(template.subject, template.html, template.text)
-        rendered = compiled.render(
-            {
-                "contact": SAMPLE_CONTACT,
-                "campaign": {"name": "Vista previa"},
-                "unsubscribe_url": "#",
-            }
-        )
+        rendered = preview(template.subject, template.html, template.text)
     except MailerError as exc:
-        return HTMLResponse(f"<pre>{exc}</pre>", status_code=422)
+        return HTMLResponse(
+            f"<pre>{html.escape(tr(exc))}</pre>", status_code=422, headers=_SANDBOX_HEADERS
+        )
     return HTMLResponse(rendered.html, headers=_SANDBOX_HEADERS)
 
 
@@ -466,7 +454,7 @@ def campaign_create(
 
 @router.get("/campaigns/{campaign_id}")
 def campaign_detail(
-    request: Request, campaign_id: int, session: SessionDep, principal: Reader
+    request: Request, campaign_id: Id, session: SessionDep, principal: Reader
 ) -> HTMLResponse:
     campaign = campaigns.get_campaign(session, principal.account_id, campaign_id)
     counts = campaigns.campaign_counts(session, campaign)
@@ -479,26 +467,14 @@ def campaign_detail(
         template=template,
         lst=audience.get_list(session, principal.account_id, campaign.list_id),
         list_members=audience.list_size(session, campaign.list_id),
-        sample_subject=_sample_subject(campaign.subject or template.subject),
+        sample_subject=sample_subject(campaign.subject or template.subject),
     )
-
-
-def _sample_subject(subject: str) -> str:
-    """The subject as the sample contact would read it (the source is shown beside it)."""
-    try:
-        return (
-            compile_template(subject, "<p></p>", "", inline_css=False)
-            .render({"contact": SAMPLE_CONTACT, "campaign": {"name": ""}})
-            .subject
-        )
-    except MailerError:
-        return subject
 
 
 @router.post("/campaigns/{campaign_id}/schedule", dependencies=[CsrfChecked])
 def campaign_schedule(
     request: Request,
-    campaign_id: int,
+    campaign_id: Id,
     session: SessionDep,
     principal: Sender,
     scheduled_at: Annotated[str, Form()] = "",
@@ -510,9 +486,8 @@ def campaign_schedule(
     except ValueError:
         flash(request, "Indique la fecha y hora del envío (día/mes/año hora:minutos).", "error")
         return redirect(f"/campaigns/{campaign_id}")
-    when = local.replace(tzinfo=ZoneInfo(account.timezone)).astimezone(UTC)
     try:
-        campaigns.schedule_campaign(session, principal.account_id, campaign_id, when)
+        campaigns.schedule_campaign_local(session, principal.account_id, campaign_id, local)
     except MailerError as exc:
         session.rollback()
         flash(request, tr(exc), "error")
@@ -524,7 +499,7 @@ def campaign_schedule(
 
 @router.post("/campaigns/{campaign_id}/{action}", dependencies=[CsrfChecked])
 def campaign_action(
-    request: Request, campaign_id: int, action: str, session: SessionDep, principal: Sender
+    request: Request, campaign_id: Id, action: str, session: SessionDep, principal: Sender
 ) -> Response:
     messages = {
         "send": "Envío iniciado.",
@@ -561,15 +536,22 @@ def campaign_action(
 
 @router.get("/captured")
 def captured_page(
-    request: Request, session: SessionDep, principal: Reader, page: int = 1
+    request: Request, session: SessionDep, principal: Reader, page: Page = 1
 ) -> HTMLResponse:
-    page = max(page, 1)
+    scope = _captured_scope(principal)
     return render(
         request,
         "captured.html",
-        messages=delivery.list_captured(session, offset=(page - 1) * 50, limit=50),
-        total=delivery.count_captured(session),
+        messages=delivery.list_captured(session, scope, offset=(page - 1) * 50, limit=50),
+        total=delivery.count_captured(session, scope),
         page=page,
+    )
+
+
+def _captured_scope(principal: Principal) -> delivery.CaptureScope:
+    """An account sees the mail its campaigns sent; admins also see mail of no account."""
+    return delivery.CaptureScope(
+        principal.account_id, include_unattributed=can(principal.role, Permission.ADMIN)
     )
 
 
@@ -578,32 +560,33 @@ def _parts(data: bytes) -> tuple[EmailMessage, str | None, str | None]:
     assert isinstance(parsed, EmailMessage)
     html_part = parsed.get_body(preferencelist=("html",))
     text_part = parsed.get_body(preferencelist=("plain",))
-    html = html_part.get_content() if html_part is not None else None  # type: ignore[attr-defined]
+    html_body = html_part.get_content() if html_part is not None else None  # type: ignore[attr-defined]
     text = text_part.get_content() if text_part is not None else None  # type: ignore[attr-defined]
-    return parsed, html, text
+    return parsed, html_body, text
 
 
 @router.get("/captured/{captured_id}")
 def captured_detail(
-    request: Request, captured_id: int, session: SessionDep, principal: Reader
+    request: Request, captured_id: Id, session: SessionDep, principal: Reader
 ) -> HTMLResponse:
-    message = delivery.get_captured(session, captured_id)
-    parsed, html, text = _parts(message.data)
+    message = delivery.get_captured(session, _captured_scope(principal), captured_id)
+    parsed, html_body, text = _parts(message.data)
     return render(
         request,
         "captured_detail.html",
         message=message,
         headers=list(parsed.items()),
-        has_html=html is not None,
+        has_html=html_body is not None,
         text=text,
         raw=message.data.decode("utf-8", "replace"),
     )
 
 
 @router.get("/captured/{captured_id}/html")
-def captured_html(captured_id: int, session: SessionDep, principal: Reader) -> Response:
-    _parsed, html, _text = _parts(delivery.get_captured(session, captured_id).data)
-    return HTMLResponse(html or "", headers=_SANDBOX_HEADERS)
+def captured_html(captured_id: Id, session: SessionDep, principal: Reader) -> Response:
+    captured = delivery.get_captured(session, _captured_scope(principal), captured_id)
+    _parsed, html_body, _text = _parts(captured.data)
+    return HTMLResponse(html_body or "", headers=_SANDBOX_HEADERS)
 
 
 # -- unsubscribe (public: the token is the credential) ---------------------------------
@@ -612,23 +595,30 @@ def captured_html(captured_id: int, session: SessionDep, principal: Reader) -> R
 @router.get("/u/{token}")
 def unsubscribe_page(request: Request, token: str, session: SessionDep) -> HTMLResponse:
     try:
-        target = tracking.resolve_unsubscribe(session, get_settings().secret_key, token)
+        target = tracking.resolve_unsubscribe(session, request.app.state.settings.secret_key, token)
     except (BadToken, MailerError):
         return render(request, "unsubscribe.html", status_code=404, invalid=True)
     return render(request, "unsubscribe.html", target=target, token=token, done=False)
 
 
 @router.post("/u/{token}")
-async def unsubscribe_submit(request: Request, token: str, session: SessionDep) -> Response:
+def unsubscribe_submit(
+    request: Request,
+    token: str,
+    session: SessionDep,
+    list_unsubscribe: Annotated[str, Form(alias="List-Unsubscribe")] = "",
+) -> Response:
     """RFC 8058 one-click (``List-Unsubscribe=One-Click``) and the page's button alike.
 
     No CSRF token: mail providers POST here directly; the signed token is the credential.
     """
-    form = await request.form()
-    one_click = form.get("List-Unsubscribe") == "One-Click"
+    one_click = list_unsubscribe == "One-Click"
     try:
         target = tracking.unsubscribe(
-            session, get_settings().secret_key, token, source="one-click" if one_click else "page"
+            session,
+            request.app.state.settings.secret_key,
+            token,
+            source="one-click" if one_click else "page",
         )
     except (BadToken, MailerError):
         if one_click:
@@ -648,3 +638,16 @@ def error_page(request: Request, exc: MailerError) -> Response:
         return redirect("/login")
     status = 403 if isinstance(exc, PageForbidden) else 404 if exc.code == "not_found" else 400
     return render(request, "error.html", status_code=status, message=tr(exc), status=status)
+
+
+def invalid_form(request: Request, exc: RequestValidationError) -> Response:
+    """A form or address the portal cannot read (a letter where a number goes, say)."""
+    first = exc.errors()[0] if exc.errors() else {}
+    field = str(first.get("loc", ("", "?"))[-1])
+    return render(
+        request,
+        "error.html",
+        status_code=400,
+        status=400,
+        message=f"El dato «{field}» no es válido: revise el formulario y vuelva a intentarlo.",
+    )

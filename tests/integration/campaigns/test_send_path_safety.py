@@ -102,7 +102,7 @@ def test_a_row_that_kills_its_worker_fails_after_max_attempts(
     relay_settings, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     settings, _recorder = relay_settings
-    world, ids = started(settings, tmp_path, 1)
+    _world, ids = started(settings, tmp_path, 1)
     for _attempt in range(settings.max_attempts):
         with session_scope() as session:
             assert len(claim_batch(session, ids).rows) == 1

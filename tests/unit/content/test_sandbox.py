@@ -97,3 +97,22 @@ def test_a_key_starting_with_underscore_is_data_not_an_attribute() -> None:
     template = compile_template("s", "<p>[{{ row._id }}]</p>")
 
     assert template.render({"row": {"_id": 7}}).html == "<p>[7]</p>"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 'a' * 10**9 }}",  # refused before anything is allocated, even at compile time
+        "{{ [1] * 10**8 }}",
+        "{{ 2 ** 100000 }}",
+        "{% for i in range(10**7) %}x{% endfor %}",
+        "{% for i in range(9999) %}{% for j in range(9999) %}xxxxxxxxxx{% endfor %}{% endfor %}",
+    ],
+)
+def test_templates_cannot_exhaust_memory_or_cpu(source: str) -> None:
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(TemplateError, match="not allowed in a template"):
+        compile_template("Asunto", f"<p>{source}</p>").render({})
+    assert time.monotonic() - started < 5

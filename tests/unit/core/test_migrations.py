@@ -14,3 +14,14 @@ def test_models_and_migrations_agree(settings: Settings) -> None:
     with get_engine(settings).connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), metadata)
     assert diff == []
+
+
+def test_migrations_go_down_and_up_again(settings: Settings) -> None:
+    from alembic import command
+
+    from mailer.storage.migrate import alembic_config, current_revision, upgrade
+
+    command.downgrade(alembic_config(settings), "base")
+    assert current_revision(settings) is None
+    upgrade(settings)
+    assert current_revision(settings) == "0003"
