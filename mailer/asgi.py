@@ -31,6 +31,7 @@ from mailer.core.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS
 from mailer.storage.db import get_engine, session_scope
 from mailer.web.routes import error_page, invalid_form
 from mailer.web.routes import router as web_router
+from mailer.web.studio import router as studio_router
 from mailer.workers import broker_reachable, configure_broker, queue_depth
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
@@ -158,6 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(api_router)
+    app.include_router(studio_router)
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

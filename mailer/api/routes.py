@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, Request, UploadFile, status
 from sqlmodel import Session
 
 from mailer.accounts.service import Principal, audit, get_account
@@ -12,8 +12,11 @@ from mailer.api.deps import Editor, Id, Limit, Locale, Offset, Reader, Sender, S
 from mailer.api.schemas import (
     CampaignIn,
     CampaignOut,
+    CheckOut,
     ContactOut,
+    FindingOut,
     ImportOut,
+    LibraryItemOut,
     ListIn,
     ListOut,
     MeOut,
@@ -21,11 +24,17 @@ from mailer.api.schemas import (
     ScheduleIn,
     TemplateIn,
     TemplateOut,
+    TemplateVersionOut,
+    TestIn,
+    TestResultOut,
 )
 from mailer.audience import service as audience
 from mailer.campaigns import service as campaigns
 from mailer.campaigns.models import Campaign
+from mailer.campaigns.proofs import send_test_message
 from mailer.content import store as templates
+from mailer.content.check import check_template
+from mailer.core.errors import NotFound
 from mailer.core.i18n import localise_text
 
 router = APIRouter(prefix="/api/v1")
@@ -177,6 +186,155 @@ def post_template(body: TemplateIn, session: SessionDep, principal: Editor) -> T
 @router.get("/templates/{template_id}", response_model=TemplateOut, tags=["templates"])
 def get_template(template_id: Id, session: SessionDep, principal: Reader) -> TemplateOut:
     template = templates.get_template(session, principal.account_id, template_id)
+    return TemplateOut.model_validate(template, from_attributes=True)
+
+
+@router.put("/templates/{template_id}", response_model=TemplateOut, tags=["templates"])
+def put_template(
+    template_id: Id, body: TemplateIn, session: SessionDep, principal: Editor
+) -> TemplateOut:
+    """Save a new version (earlier versions are kept and can be restored)."""
+    template = templates.update_template(
+        session,
+        principal.account_id,
+        template_id,
+        name=body.name,
+        subject=body.subject,
+        html=body.html,
+        text=body.text,
+        saved_by=principal.actor,
+    )
+    audit(session, principal, "template.update", f"template:{template_id}")
+    session.commit()
+    return TemplateOut.model_validate(template, from_attributes=True)
+
+
+@router.get(
+    "/templates/{template_id}/versions",
+    response_model=list[TemplateVersionOut],
+    tags=["templates"],
+)
+def get_template_versions(
+    template_id: Id, session: SessionDep, principal: Reader
+) -> list[TemplateVersionOut]:
+    return [
+        TemplateVersionOut.model_validate(v, from_attributes=True)
+        for v in templates.list_versions(session, principal.account_id, template_id)
+    ]
+
+
+@router.post(
+    "/templates/{template_id}/versions/{version}/restore",
+    response_model=TemplateOut,
+    tags=["templates"],
+)
+def restore_template_version(
+    template_id: Id, version: Id, session: SessionDep, principal: Editor
+) -> TemplateOut:
+    template = templates.restore_version(
+        session, principal.account_id, template_id, version, saved_by=principal.actor
+    )
+    audit(session, principal, "template.restore", f"template:{template_id}", version=version)
+    session.commit()
+    return TemplateOut.model_validate(template, from_attributes=True)
+
+
+@router.post(
+    "/templates/{template_id}/duplicate",
+    response_model=TemplateOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["templates"],
+)
+def duplicate_template(template_id: Id, session: SessionDep, principal: Editor) -> TemplateOut:
+    copy = templates.duplicate_template(
+        session, principal.account_id, template_id, saved_by=principal.actor
+    )
+    audit(session, principal, "template.duplicate", f"template:{copy.id}", source=template_id)
+    session.commit()
+    return TemplateOut.model_validate(copy, from_attributes=True)
+
+
+@router.get("/templates/{template_id}/check", response_model=CheckOut, tags=["templates"])
+def check_saved_template(
+    template_id: Id, session: SessionDep, principal: Reader, locale: Locale
+) -> CheckOut:
+    """What to fix before sending: unknown variables, size, unsubscribe link, images..."""
+    template = templates.get_template(session, principal.account_id, template_id)
+    findings = check_template(
+        template.subject,
+        template.html,
+        template.text,
+        contact_fields=audience.attribute_names(session, principal.account_id),
+    )
+    return CheckOut(
+        findings=[
+            FindingOut(
+                severity=f.severity, code=f.code, message=localise_text(f.message, f.params, locale)
+            )
+            for f in findings
+        ]
+    )
+
+
+@router.post(
+    "/templates/{template_id}/test", response_model=list[TestResultOut], tags=["templates"]
+)
+def send_template_test(
+    template_id: Id, body: TestIn, request: Request, session: SessionDep, principal: Sender
+) -> list[TestResultOut]:
+    """Send the template now to up to 10 addresses, through the normal delivery path."""
+    contact_id = None
+    if body.contact_email:
+        contact = audience.find_contact(session, principal.account_id, body.contact_email)
+        if contact is None:
+            raise NotFound(
+                "there is no contact {email}", field="contact_email", email=body.contact_email
+            )
+        contact_id = contact.id
+    results = send_test_message(
+        principal.account_id,
+        template_id,
+        body.addresses,
+        from_email=body.from_email,
+        from_name=body.from_name,
+        contact_id=contact_id,
+        settings=request.app.state.settings,
+    )
+    audit(
+        session,
+        principal,
+        "template.test",
+        f"template:{template_id}",
+        to=[r.address for r in results],
+    )
+    session.commit()
+    return [TestResultOut(address=r.address, state=r.state, reply=r.reply) for r in results]
+
+
+@router.get("/library", response_model=list[LibraryItemOut], tags=["templates"])
+def get_library(request: Request, principal: Reader) -> list[LibraryItemOut]:
+    """The ready-made templates that can be copied into the account."""
+    return [
+        LibraryItemOut(key=i.key, name=i.name, description=i.description, subject=i.subject)
+        for i in templates.load_library(request.app.state.settings.templates_dir)
+    ]
+
+
+@router.post(
+    "/library/{key}/use",
+    response_model=TemplateOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["templates"],
+)
+def use_library_template(
+    key: str, request: Request, session: SessionDep, principal: Editor
+) -> TemplateOut:
+    item = templates.library_template(request.app.state.settings.templates_dir, key)
+    template = templates.create_from_library(
+        session, principal.account_id, item, saved_by=principal.actor
+    )
+    audit(session, principal, "template.create", f"template:{template.id}", library=key)
+    session.commit()
     return TemplateOut.model_validate(template, from_attributes=True)
 
 

@@ -75,7 +75,56 @@ class TemplateOut(BaseModel):
     subject: str
     html: str
     text: str | None
+    version: int
     updated_at: datetime
+
+
+class TemplateVersionOut(BaseModel):
+    version: int
+    name: str
+    subject: str
+    saved_by: str
+    note: str
+    saved_at: datetime
+
+
+class FindingOut(BaseModel):
+    severity: str
+    code: str
+    message: str
+
+
+class CheckOut(BaseModel):
+    findings: list[FindingOut]
+
+
+class LibraryItemOut(BaseModel):
+    key: str
+    name: str
+    description: str
+    subject: str
+
+
+class TestIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "addresses": ["revisor@entidad.gob.pe"],
+                "from_email": "boletin@entidad.gob.pe",
+                "from_name": "Entidad",
+            }
+        }
+    )
+    addresses: list[str] = Field(min_length=1, max_length=10)
+    from_email: str
+    from_name: str = "Prueba"
+    contact_email: str | None = None
+
+
+class TestResultOut(BaseModel):
+    address: str
+    state: str
+    reply: str
 
 
 class CampaignIn(BaseModel):

@@ -191,3 +191,22 @@ def email_audience(account_id: int, list_id: int, *leading: Any) -> Select[Any]:
         )
         .order_by(col(Contact.id))
     )
+
+
+def attribute_names(session: Session, account_id: int, *, sample: int = 500) -> set[str]:
+    """The custom attributes the account's contacts have (from a sample of recent ones)."""
+    rows = session.exec(
+        sm_select(Contact.attributes)
+        .where(Contact.account_id == account_id)
+        .order_by(col(Contact.id).desc())
+        .limit(sample)
+    )
+    return {key for attributes in rows for key in (attributes or {})}
+
+
+def find_contact(session: Session, account_id: int, email: str) -> Contact | None:
+    return session.exec(
+        sm_select(Contact).where(
+            Contact.account_id == account_id, Contact.email == email.strip().lower()
+        )
+    ).first()

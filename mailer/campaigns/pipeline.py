@@ -16,7 +16,7 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class CompiledCampaign:
-    campaign_id: int
+    campaign_id: int | None  # None for a test message
     account_id: int
     name: str
     template: CompiledTemplate
@@ -84,6 +84,39 @@ def load_sending_campaign(session: Session, campaign_id: int) -> Campaign | None
     return campaign
 
 
+def compile_message(
+    *,
+    account_id: int,
+    campaign_id: int | None,
+    name: str,
+    content: dict[str, Any],
+    from_email: str,
+    from_name: str,
+    reply_to: str | None,
+    settings: Settings,
+) -> CompiledCampaign:
+    """Everything that is the same for every recipient: template, headers, DKIM keys."""
+    domain = from_email.rsplit("@", 1)[1]
+    sending_domain = load_domain(settings.sending_domains_dir, domain)
+    extra: tuple[tuple[str, str], ...] = (("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),)
+    if campaign_id is not None:
+        extra += (("X-Mailer-Campaign", str(campaign_id)),)
+    return CompiledCampaign(
+        campaign_id=campaign_id,
+        account_id=account_id,
+        name=name,
+        template=compile_template(content["subject"], content["html"], content["text"]),
+        headers=MessageHeaders(
+            from_name=from_name, from_email=from_email, reply_to=reply_to, extra=extra
+        ),
+        signer=MultiSigner(sending_domain.signers()),
+        domain=sending_domain.domain,
+        return_path=from_email,
+        base_url=settings.base_url,
+        secret=settings.secret_key,
+    )
+
+
 def compiled_campaign(session: Session, campaign: Campaign, settings: Settings) -> CompiledCampaign:
     """The campaign's compiled form, built once per process and reused for every batch.
 
@@ -105,27 +138,15 @@ def compiled_campaign(session: Session, campaign: Campaign, settings: Settings) 
         if cached is not None and cached[0] == key:
             _compiled.move_to_end(campaign.id)
             return cached[1]
-    domain = campaign.from_email.rsplit("@", 1)[1]
-    sending_domain = load_domain(settings.sending_domains_dir, domain)
-    compiled = CompiledCampaign(
-        campaign_id=campaign.id,
+    compiled = compile_message(
         account_id=campaign.account_id,
+        campaign_id=campaign.id,
         name=campaign.name,
-        template=compile_template(content["subject"], content["html"], content["text"]),
-        headers=MessageHeaders(
-            from_name=campaign.from_name,
-            from_email=campaign.from_email,
-            reply_to=campaign.reply_to,
-            extra=(
-                ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
-                ("X-Mailer-Campaign", str(campaign.id)),
-            ),
-        ),
-        signer=MultiSigner(sending_domain.signers()),
-        domain=sending_domain.domain,
-        return_path=campaign.from_email,
-        base_url=settings.base_url,
-        secret=settings.secret_key,
+        content=content,
+        from_email=campaign.from_email,
+        from_name=campaign.from_name,
+        reply_to=campaign.reply_to,
+        settings=settings,
     )
     with _compiled_lock:
         _compiled[campaign.id] = (key, compiled)
@@ -150,12 +171,12 @@ def load_contacts(session: Session, rows: Sequence[ClaimedRow]) -> dict[int, Con
 
 
 def build_envelope(
-    compiled: CompiledCampaign, row: ClaimedRow, contact: Contact | None
+    compiled: CompiledCampaign, row: ClaimedRow, fields: Mapping[str, Any]
 ) -> tuple[Envelope, str]:
     """Render, assemble and sign one message; returns the envelope and its Message-ID."""
     unsubscribe = unsubscribe_url(compiled.base_url, compiled.secret, row.id)
     context = {
-        "contact": contact.template_fields() if contact else {"email": row.to_address},
+        "contact": fields,
         "campaign": {"name": compiled.name, "id": compiled.campaign_id},
         "unsubscribe_url": unsubscribe,
     }
@@ -176,17 +197,28 @@ def build_envelope(
     return Envelope(row.id, compiled.return_path, row.to_address, data), message_id
 
 
+FieldsOf = Callable[[ClaimedRow], Mapping[str, Any]]
+"""What a row's template sees as ``contact``."""
+
+
+def contact_fields(contacts: dict[int, Contact]) -> FieldsOf:
+    def fields(row: ClaimedRow) -> Mapping[str, Any]:
+        contact = contacts.get(row.contact_id) if row.contact_id is not None else None
+        return contact.template_fields() if contact else {"email": row.to_address}
+
+    return fields
+
+
 def build_envelopes(
-    compiled: CompiledCampaign, rows: Sequence[ClaimedRow], contacts: dict[int, Contact]
+    compiled: CompiledCampaign, rows: Sequence[ClaimedRow], fields_of: FieldsOf
 ) -> tuple[list[Envelope], list[DeliveryResult], dict[int, str]]:
     """Envelopes for the rows that render; a failure for each row that does not."""
     envelopes: list[Envelope] = []
     failures: list[DeliveryResult] = []
     header_ids: dict[int, str] = {}
     for row in rows:
-        contact = contacts.get(row.contact_id) if row.contact_id is not None else None
         try:
-            envelope, header_ids[row.id] = build_envelope(compiled, row, contact)
+            envelope, header_ids[row.id] = build_envelope(compiled, row, fields_of(row))
         except Exception as exc:  # one recipient's data must not stop the batch
             if not isinstance(exc, MailerError):
                 log.exception("message %s could not be built", row.id)
@@ -272,7 +304,9 @@ def send_batch(
             return BatchOutcome(0, {}, None)
         contacts = load_contacts(session, claim.rows)
     # The claim is committed before anything leaves: a redelivered batch skips these rows.
-    envelopes, failures, header_ids = build_envelopes(compiled, claim.rows, contacts)
+    envelopes, failures, header_ids = build_envelopes(
+        compiled, claim.rows, contact_fields(contacts)
+    )
     results = failures + deliver(transport_factory(settings), envelopes)
     with session_scope(settings) as session:
         by_state = record_outcomes(session, compiled, claim, results, header_ids, settings)

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from mailer.content.models import Template
+from mailer.content.models import Template, TemplateVersion
 from mailer.content.service import check_syntax
 from mailer.core.clock import utcnow
 from mailer.core.errors import Conflict, NotFound, ValidationFailed
@@ -28,6 +28,7 @@ class LibraryTemplate:
     html: str
     text: str | None
     sample: dict[str, Any] = field(default_factory=dict)
+    preheader: str = ""
 
 
 def load_library(root: Path) -> list[LibraryTemplate]:
@@ -35,7 +36,11 @@ def load_library(root: Path) -> list[LibraryTemplate]:
     base = root / "email"
     if not base.is_dir():
         return []
-    return [load_library_template(folder) for folder in sorted(base.iterdir()) if folder.is_dir()]
+    return [
+        load_library_template(folder)
+        for folder in sorted(base.iterdir())
+        if (folder / "template.toml").is_file()
+    ]
 
 
 def load_library_template(folder: Path) -> LibraryTemplate:
@@ -59,6 +64,7 @@ def load_library_template(folder: Path) -> LibraryTemplate:
         html=(folder / "body.html").read_text(encoding="utf-8"),
         text=text_path.read_text(encoding="utf-8") if text_path.exists() else None,
         sample=dict(meta.get("sample", {})),
+        preheader=str(meta.get("preheader", "")),
     )
 
 
@@ -72,6 +78,8 @@ def create_template(
     text: str | None = None,
     description: str = "",
     library_key: str | None = None,
+    saved_by: str = "",
+    note: str = "",
 ) -> Template:
     """Save a template after checking its syntax (the error names the part and the line)."""
     name = _checked(session, account_id, name, subject, html, text)
@@ -86,6 +94,7 @@ def create_template(
     )
     session.add(template)
     session.flush()
+    _keep_version(session, template, saved_by, note or "creada")
     return template
 
 
@@ -98,18 +107,115 @@ def update_template(
     html: str,
     text: str | None = None,
     name: str | None = None,
+    saved_by: str = "",
+    note: str = "",
 ) -> Template:
+    """Save a new version of a template (the previous ones are kept)."""
     template = get_template(session, account_id, template_id)
     template.name = _checked(
         session, account_id, name or template.name, subject, html, text, template_id=template_id
+    )
+    unchanged = (template.subject, template.html, template.text) == (
+        subject.strip(),
+        html,
+        text or None,
     )
     template.subject = subject.strip()
     template.html = html
     template.text = text or None
     template.updated_at = utcnow()
+    if not unchanged:
+        template.version += 1
     session.add(template)
     session.flush()
+    if not unchanged:
+        _keep_version(session, template, saved_by, note)
     return template
+
+
+def _keep_version(session: Session, template: Template, saved_by: str, note: str) -> None:
+    assert template.id is not None
+    session.add(
+        TemplateVersion(
+            template_id=template.id,
+            version=template.version,
+            name=template.name,
+            subject=template.subject,
+            html=template.html,
+            text=template.text,
+            saved_by=saved_by[:200],
+            note=note[:300],
+        )
+    )
+    session.flush()
+
+
+def list_versions(session: Session, account_id: int, template_id: int) -> list[TemplateVersion]:
+    """The template's versions, newest first."""
+    get_template(session, account_id, template_id)
+    return list(
+        session.exec(
+            select(TemplateVersion)
+            .where(TemplateVersion.template_id == template_id)
+            .order_by(col(TemplateVersion.version).desc())
+        )
+    )
+
+
+def get_version(
+    session: Session, account_id: int, template_id: int, version: int
+) -> TemplateVersion:
+    get_template(session, account_id, template_id)
+    found = session.exec(
+        select(TemplateVersion).where(
+            TemplateVersion.template_id == template_id, TemplateVersion.version == version
+        )
+    ).first()
+    if found is None:
+        raise NotFound(
+            "version {version} of template {id} does not exist", id=template_id, version=version
+        )
+    return found
+
+
+def restore_version(
+    session: Session, account_id: int, template_id: int, version: int, *, saved_by: str = ""
+) -> Template:
+    """Make an earlier version current again, as a new version (history is never rewritten)."""
+    old = get_version(session, account_id, template_id, version)
+    return update_template(
+        session,
+        account_id,
+        template_id,
+        subject=old.subject,
+        html=old.html,
+        text=old.text,
+        saved_by=saved_by,
+        note=f"restaurada la versión {version}",
+    )
+
+
+def duplicate_template(
+    session: Session, account_id: int, template_id: int, *, saved_by: str = ""
+) -> Template:
+    """A copy under a free name ("X (copia)", "X (copia 2)", ...)."""
+    original = get_template(session, account_id, template_id)
+    taken = {t.name for t in list_templates(session, account_id)}
+    name, n = f"{original.name} (copia)", 1
+    while name in taken:
+        n += 1
+        name = f"{original.name} (copia {n})"
+    return create_template(
+        session,
+        account_id,
+        name=name[:200],
+        subject=original.subject,
+        html=original.html,
+        text=original.text,
+        description=original.description,
+        saved_by=saved_by,
+        note=f"copia de «{original.name}»",
+    )
 
 
 MAX_TEMPLATE_CHARS = 512 * 1024
@@ -144,17 +250,34 @@ def _checked(
     return name
 
 
-def create_from_library(session: Session, account_id: int, item: LibraryTemplate) -> Template:
+def create_from_library(
+    session: Session, account_id: int, item: LibraryTemplate, *, saved_by: str = ""
+) -> Template:
+    """A saved template from a library one (a free name is chosen if it is taken)."""
+    taken = {t.name for t in list_templates(session, account_id)}
+    name, n = item.name, 1
+    while name in taken:
+        n += 1
+        name = f"{item.name} ({n})"
     return create_template(
         session,
         account_id,
-        name=item.name,
+        name=name,
         subject=item.subject,
         html=item.html,
         text=item.text,
         description=item.description,
         library_key=item.key,
+        saved_by=saved_by,
+        note=f"desde la biblioteca: {item.key}",
     )
+
+
+def library_template(root: Path, key: str) -> LibraryTemplate:
+    for item in load_library(root):
+        if item.key == key:
+            return item
+    raise NotFound("there is no library template '{key}'", key=key)
 
 
 def get_template(session: Session, account_id: int, template_id: int) -> Template:

@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-import html
 from datetime import datetime
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default as default_policy
-from pathlib import Path
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from fastapi.responses import HTMLResponse, Response
 
-from mailer.accounts.roles import ROLE_LABELS_ES, Permission, can
+from mailer.accounts.roles import Permission, can
 from mailer.accounts.service import Principal, audit, authenticate, get_account, user_principal
 from mailer.analytics.service import ledger_totals
 from mailer.audience import service as audience
 from mailer.audience.importer import ImportReport
-from mailer.audience.models import CHANNEL_LABELS_ES
 from mailer.campaigns import service as campaigns
-from mailer.campaigns.models import STATE_LABELS_ES
 from mailer.content import store as templates
-from mailer.content.preview import preview, sample_subject
+from mailer.content.preview import sample_subject
 from mailer.core.config import get_settings
 from mailer.core.errors import AuthenticationFailed, MailerError
-from mailer.core.i18n import localise, localise_text
 from mailer.core.tokens import BadToken
 from mailer.delivery import service as delivery
 from mailer.tracking import service as tracking
@@ -41,53 +33,19 @@ from mailer.web.auth import (
     Reader,
     Sender,
     SessionDep,
-    csrf_token,
     login,
 )
-
-HERE = Path(__file__).parent
-_env = Environment(
-    loader=FileSystemLoader(HERE / "templates"),
-    autoescape=select_autoescape(["html"]),
-    extensions=["jinja2.ext.i18n"],
+from mailer.web.pages import (
+    SANDBOX_HEADERS,
+    client_ip,
+    flash,
+    portal_text,
+    redirect,
+    render,
+    tr,
 )
-_env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
-pages = Jinja2Templates(env=_env)
 
 router = APIRouter(include_in_schema=False)
-PORTAL_LOCALE = "es"
-
-
-def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    user = getattr(request.state, "user", None)
-    role = user.role if user else None
-    zone = ZoneInfo(getattr(request.state, "timezone", None) or request.app.state.settings.timezone)
-    context.setdefault("zone", zone)
-    context.setdefault("local", lambda moment: moment.astimezone(zone).strftime("%d/%m/%Y %H:%M"))
-    context.update(
-        channel_labels=CHANNEL_LABELS_ES,
-        user=user,
-        role_label=ROLE_LABELS_ES.get(role) if role else None,  # type: ignore[call-overload]
-        can_edit=role is not None and can(role, Permission.EDIT),
-        can_send=role is not None and can(role, Permission.SEND),
-        csrf_token=csrf_token(request),
-        state_labels=STATE_LABELS_ES,
-        flash=request.session.pop("flash", None),
-    )
-    return pages.TemplateResponse(request, name, context, status_code=status_code)
-
-
-def tr(exc: MailerError) -> str:
-    """An error as the portal shows it: in the portal's language (Spanish)."""
-    return localise(exc, PORTAL_LOCALE)
-
-
-def flash(request: Request, message: str, kind: str = "ok") -> None:
-    request.session["flash"] = {"message": message, "kind": kind}
-
-
-def redirect(url: str) -> RedirectResponse:
-    return RedirectResponse(url, status_code=303)
 
 
 # -- login -----------------------------------------------------------------------------
@@ -108,7 +66,7 @@ def login_submit(
     try:
         user = authenticate(session, email, password)
     except AuthenticationFailed:
-        audit(session, None, "login.failed", email[:200], ip=_ip(request))
+        audit(session, None, "login.failed", email[:200], ip=client_ip(request))
         session.commit()
         return render(
             request,
@@ -119,7 +77,7 @@ def login_submit(
         )
     principal = user_principal(user)
     login(request, principal)
-    audit(session, principal, "login", ip=_ip(request))
+    audit(session, principal, "login", ip=client_ip(request))
     return redirect("/")
 
 
@@ -127,10 +85,6 @@ def login_submit(
 def logout(request: Request) -> Response:
     request.session.clear()
     return redirect("/login")
-
-
-def _ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
 
 
 # -- dashboard -------------------------------------------------------------------------
@@ -175,7 +129,7 @@ def lists_create(
     except MailerError as exc:
         flash(request, tr(exc), "error")
         return redirect("/lists")
-    audit(session, principal, "list.create", f"list:{lst.id}", ip=_ip(request))
+    audit(session, principal, "list.create", f"list:{lst.id}", ip=client_ip(request))
     flash(request, f"Lista «{lst.name}» creada.")
     return redirect(f"/lists/{lst.id}")
 
@@ -235,7 +189,7 @@ def list_import(
         principal,
         "list.import",
         f"list:{list_id}",
-        ip=_ip(request),
+        ip=client_ip(request),
         file=file.filename,
         rows=report.rows,
         errors=len(report.errors),
@@ -247,12 +201,8 @@ def list_import(
         lst=lst,
         report=report,
         filename=file.filename or "",
-        row_reason=lambda row: row.message(_portal_text),
+        row_reason=lambda row: row.message(portal_text),
     )
-
-
-def _portal_text(template: str, params: dict[str, Any]) -> str:
-    return localise_text(template, params, PORTAL_LOCALE)
 
 
 @router.get("/imports/{import_id}/errors.csv")
@@ -260,7 +210,7 @@ def import_errors(import_id: Id, session: SessionDep, principal: Reader) -> Resp
     """The rejected rows of an import, in Spanish, for Excel (UTF-8 with BOM)."""
     record = audience.get_import(session, principal.account_id, import_id)
     report = ImportReport(errors=audience.rejected_rows(record))
-    data = report.errors_csv(_portal_text, header=("línea", "columna", "valor", "motivo"))
+    data = report.errors_csv(portal_text, header=("línea", "columna", "valor", "motivo"))
     return Response(
         data.encode("utf-8-sig"),
         media_type="text/csv; charset=utf-8",
@@ -268,119 +218,6 @@ def import_errors(import_id: Id, session: SessionDep, principal: Reader) -> Resp
             "Content-Disposition": f'attachment; filename="errores-importacion-{import_id}.csv"'
         },
     )
-
-
-# -- templates -------------------------------------------------------------------------
-
-
-@router.get("/templates")
-def templates_page(request: Request, session: SessionDep, principal: Reader) -> HTMLResponse:
-    return render(
-        request, "templates.html", templates=templates.list_templates(session, principal.account_id)
-    )
-
-
-@router.get("/templates/new")
-def template_new(request: Request, principal: Editor) -> HTMLResponse:
-    return render(request, "template_edit.html", template=None, form={})
-
-
-@router.post("/templates/new", dependencies=[CsrfChecked])
-def template_create(
-    request: Request,
-    session: SessionDep,
-    principal: Editor,
-    name: Annotated[str, Form()] = "",
-    subject: Annotated[str, Form()] = "",
-    html: Annotated[str, Form()] = "",
-    text: Annotated[str, Form()] = "",
-) -> Response:
-    form = {"name": name, "subject": subject, "html": html, "text": text}
-    try:
-        template = templates.create_template(
-            session, principal.account_id, name=name, subject=subject, html=html, text=text or None
-        )
-    except MailerError as exc:
-        return render(
-            request,
-            "template_edit.html",
-            status_code=422,
-            template=None,
-            form=form,
-            error=tr(exc),
-        )
-    audit(session, principal, "template.create", f"template:{template.id}", ip=_ip(request))
-    flash(request, "Plantilla guardada.")
-    return redirect(f"/templates/{template.id}")
-
-
-@router.get("/templates/{template_id}")
-def template_edit(
-    request: Request, template_id: Id, session: SessionDep, principal: Reader
-) -> HTMLResponse:
-    template = templates.get_template(session, principal.account_id, template_id)
-    return render(request, "template_edit.html", template=template, form=template.model_dump())
-
-
-@router.post("/templates/{template_id}", dependencies=[CsrfChecked])
-def template_save(
-    request: Request,
-    template_id: Id,
-    session: SessionDep,
-    principal: Editor,
-    name: Annotated[str, Form()] = "",
-    subject: Annotated[str, Form()] = "",
-    html: Annotated[str, Form()] = "",
-    text: Annotated[str, Form()] = "",
-) -> Response:
-    form = {"name": name, "subject": subject, "html": html, "text": text}
-    template = templates.get_template(session, principal.account_id, template_id)
-    try:
-        templates.update_template(
-            session,
-            principal.account_id,
-            template_id,
-            name=name,
-            subject=subject,
-            html=html,
-            text=text or None,
-        )
-    except MailerError as exc:
-        session.rollback()
-        return render(
-            request,
-            "template_edit.html",
-            status_code=422,
-            template=template,
-            form=form,
-            error=tr(exc),
-        )
-    audit(session, principal, "template.update", f"template:{template_id}", ip=_ip(request))
-    flash(request, "Plantilla guardada.")
-    return redirect(f"/templates/{template_id}")
-
-
-@router.get("/templates/{template_id}/preview")
-def template_preview(
-    request: Request, template_id: Id, session: SessionDep, principal: Reader
-) -> Response:
-    """The template rendered for a sample contact (shown in a sandboxed iframe)."""
-    template = templates.get_template(session, principal.account_id, template_id)
-    try:
-        rendered = preview(template.subject, template.html, template.text)
-    except MailerError as exc:
-        return HTMLResponse(
-            f"<pre>{html.escape(tr(exc))}</pre>", status_code=422, headers=_SANDBOX_HEADERS
-        )
-    return HTMLResponse(rendered.html, headers=_SANDBOX_HEADERS)
-
-
-_SANDBOX_HEADERS = {
-    "Content-Security-Policy": (
-        "sandbox; default-src 'none'; img-src https: data:; style-src 'unsafe-inline'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-}
 
 
 # -- campaigns -------------------------------------------------------------------------
@@ -447,7 +284,7 @@ def campaign_create(
             error=tr(exc),
             **_campaign_form_context(session, principal.account_id),
         )
-    audit(session, principal, "campaign.create", f"campaign:{campaign.id}", ip=_ip(request))
+    audit(session, principal, "campaign.create", f"campaign:{campaign.id}", ip=client_ip(request))
     flash(request, "Campaña creada. Revísela y envíela cuando esté lista.")
     return redirect(f"/campaigns/{campaign.id}")
 
@@ -492,7 +329,7 @@ def campaign_schedule(
         session.rollback()
         flash(request, tr(exc), "error")
         return redirect(f"/campaigns/{campaign_id}")
-    audit(session, principal, "campaign.schedule", f"campaign:{campaign_id}", ip=_ip(request))
+    audit(session, principal, "campaign.schedule", f"campaign:{campaign_id}", ip=client_ip(request))
     flash(request, f"Envío programado para el {local:%d/%m/%Y a las %H:%M} ({account.timezone}).")
     return redirect(f"/campaigns/{campaign_id}")
 
@@ -526,7 +363,9 @@ def campaign_action(
         session.rollback()
         flash(request, tr(exc), "error")
         return redirect(f"/campaigns/{campaign_id}")
-    audit(session, principal, f"campaign.{action}", f"campaign:{campaign_id}", ip=_ip(request))
+    audit(
+        session, principal, f"campaign.{action}", f"campaign:{campaign_id}", ip=client_ip(request)
+    )
     flash(request, messages[action])
     return redirect(f"/campaigns/{campaign_id}")
 
@@ -586,7 +425,7 @@ def captured_detail(
 def captured_html(captured_id: Id, session: SessionDep, principal: Reader) -> Response:
     captured = delivery.get_captured(session, _captured_scope(principal), captured_id)
     _parsed, html_body, _text = _parts(captured.data)
-    return HTMLResponse(html_body or "", headers=_SANDBOX_HEADERS)
+    return HTMLResponse(html_body or "", headers=SANDBOX_HEADERS)
 
 
 # -- unsubscribe (public: the token is the credential) ---------------------------------

@@ -255,33 +255,63 @@ def edit_templates(session: Session) -> None:
     page = session.page
     page.get_by_role("navigation").get_by_role("link", name="Plantillas").click()
     expect(page).to_have_url(session.portal.url("/templates"))
-    tiles = page.locator(".grid a.tile")
+    tiles = page.locator(".grid .tile")
     expect(tiles.first).to_be_visible()
     for index in range(tiles.count()):  # the lazy previews, so the screenshot shows them
         tiles.nth(index).scroll_into_view_if_needed()
-        frame = page.frame_locator(".grid a.tile iframe").nth(index)
+        frame = page.frame_locator(".grid .tile iframe").nth(index)
         expect(frame.locator("body")).not_to_be_empty()
     session.shot("10-templates")
 
-    tiles.first.click()
+    # A template from the library becomes the account's own, in the editor.
+    page.locator("#library .tile button").first.click()
     expect(page).to_have_url(re.compile(r"/templates/\d+$"))
-    expect(page.locator("textarea[name=html]")).to_be_visible()
+    expect(page.locator(".flash")).to_contain_text("desde la biblioteca")
     expect(page.locator("textarea[name=html]")).not_to_be_empty()
-    preview = page.locator("iframe#preview")
-    expect(preview).to_be_visible()
-    expect(page.frame_locator("iframe#preview").locator("body")).not_to_be_empty()
+    previews = page.locator("iframe.device-preview")
+    expect(previews).to_have_count(3)
+    for index, width in enumerate((375, 768, 1200)):
+        expect(previews.nth(index)).to_have_attribute("data-width", str(width))
+        expect(
+            page.frame_locator("iframe.device-preview").nth(index).locator("body")
+        ).not_to_be_empty()
+    expect(page.locator("#findings")).to_be_visible()
     session.shot("11-template-editor")
-    page.get_by_role("button", name="Móvil").click()
-    expect(preview).to_have_css("width", "375px")
-    page.wait_for_timeout(300)  # the width transition
-    session.shot("12-template-editor-mobile")
-    page.get_by_role("button", name="Tableta").click()
-    expect(preview).to_have_css("width", "768px")
-    session.shot("13-template-editor-tablet")
-    page.get_by_role("button", name="Escritorio").click()
+
+    # Seen as a real contact of the demo list.
+    list_id = page.evaluate(
+        "fetch('/lists').then(r => r.text()).then(t => t.match(/\\/lists\\/(\\d+)/)[1])"
+    )
+    listing = page.request.get(session.portal.url(f"/lists/{list_id}")).text()
+    address = re.search(r"<td>([^<@\s]+@example\.pe)</td>", listing)
+    assert address, "no contact address on the list page"
+    page.locator("#preview-contact input[name=contact]").fill(address.group(1))
+    page.locator("#preview-contact button").click()
+    expect(previews.first).to_have_attribute("src", re.compile(r"contact="))
+    expect(page.frame_locator("iframe.device-preview").first.locator("body")).not_to_be_empty()
+
+    # A test message through the real delivery path, then it is in the captured mail.
+    page.locator("#test-form input[name=addresses]").fill("revisora@example.pe")
+    page.locator("#send-test").click()
+    expect(page.locator(".flash")).to_contain_text("revisora@example.pe: enviada")
+    session.shot("12-template-test-sent")
+
+    # Save a change, then restore the first version.
+    page.locator("input[name=subject]").fill("Asunto cambiado en la prueba")
+    page.get_by_role("button", name="Guardar").click()
+    expect(page.locator(".flash")).to_contain_text("Plantilla guardada")
+    expect(page.locator("#versions tr")).to_have_count(2)
+    page.locator("#versions button").first.click()
+    expect(page.locator(".flash")).to_contain_text("Versión 1 restaurada")
+    expect(page.locator("#versions tr")).to_have_count(3)
+    expect(page.locator("input[name=subject]")).not_to_have_value("Asunto cambiado en la prueba")
+    session.shot("13-template-versions")
+
+    session.goto("/captured")
+    expect(page.locator("#captured")).to_contain_text("[PRUEBA]")
 
     session.goto("/templates/new")
-    expect(page.locator("iframe#preview")).to_have_count(0)
+    expect(page.locator("iframe.device-preview")).to_have_count(0)
     page.get_by_label("Nombre").fill("Plantilla rota (e2e)")
     page.get_by_label("Asunto").fill("Prueba")
     page.locator("textarea[name=html]").fill("<p>Hola</p>\n{% if x %}unclosed")

@@ -156,6 +156,14 @@ ROUTES = [
     ("get", "/api/v1/templates", "read"),
     ("post", "/api/v1/templates", "edit"),
     ("get", "/api/v1/templates/{template_id}", "read"),
+    ("put", "/api/v1/templates/{template_id}", "edit"),
+    ("get", "/api/v1/templates/{template_id}/versions", "read"),
+    ("post", "/api/v1/templates/{template_id}/versions/{version}/restore", "edit"),
+    ("post", "/api/v1/templates/{template_id}/duplicate", "edit"),
+    ("get", "/api/v1/templates/{template_id}/check", "read"),
+    ("post", "/api/v1/templates/{template_id}/test", "send"),
+    ("get", "/api/v1/library", "read"),
+    ("post", "/api/v1/library/{key}/use", "edit"),
     ("get", "/api/v1/campaigns", "read"),
     ("post", "/api/v1/campaigns", "edit"),
     ("get", "/api/v1/campaigns/{campaign_id}", "read"),
@@ -187,7 +195,11 @@ def test_role_matrix_on_every_route(client: TestClient, world: World, role: str)
     headers = key_for(world, role)
     for method, template, needs in ROUTES:
         path = template.format(
-            list_id=world.list_id, template_id=world.template_id, campaign_id=world.campaign_id
+            list_id=world.list_id,
+            template_id=world.template_id,
+            campaign_id=world.campaign_id,
+            version=1,
+            key="comunicado",
         )
         response = client.request(method, path, headers=headers, json={})
         if needs in GRANTED[role]:
