@@ -35,6 +35,10 @@ app.add_typer(user_app, name="user")
 app.add_typer(domain_app, name="domain")
 app.add_typer(campaign_app, name="campaign")
 app.add_typer(apikey_app, name="apikey")
+template_app = typer.Typer(
+    help="Templates: library, import, check, test sends.", no_args_is_help=True
+)
+app.add_typer(template_app, name="template")
 
 console = Console()
 err = Console(stderr=True)
@@ -375,6 +379,156 @@ def campaign_send(
             threading.Event().wait(0.5)
     worker.stop()
     console.print(counts)
+
+
+# -- templates -------------------------------------------------------------------------
+
+
+@template_app.command("list")
+def template_list(account: int | None = None) -> None:
+    """The account's saved templates."""
+    from mailer.content.store import list_templates
+    from mailer.storage.db import session_scope
+
+    with session_scope() as session:
+        table = Table()
+        for column in ("id", "name", "version", "subject"):
+            table.add_column(column)
+        for template in list_templates(session, _account_id(account)):
+            table.add_row(str(template.id), template.name, str(template.version), template.subject)
+    console.print(table)
+
+
+@template_app.command("library")
+def template_library() -> None:
+    """The ready-made templates shipped in templates/."""
+    from mailer.content.store import load_library
+
+    table = Table()
+    for column in ("key", "name", "description"):
+        table.add_column(column)
+    for item in load_library(get_settings().templates_dir):
+        table.add_row(item.key, item.name, item.description)
+    console.print(table)
+
+
+@template_app.command("use")
+def template_use(key: str, account: int | None = None) -> None:
+    """Copy a library template into the account."""
+    from mailer.content.store import create_from_library, library_template
+    from mailer.storage.db import session_scope
+
+    try:
+        with session_scope() as session:
+            item = library_template(get_settings().templates_dir, key)
+            template = create_from_library(session, _account_id(account), item, saved_by="cli")
+    except MailerError as exc:
+        raise _fail(exc) from None
+    console.print(f"[green]template {template.id} created:[/] {template.name}")
+
+
+@template_app.command("import")
+def template_import(
+    html_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    name: Annotated[str, typer.Option(help="Name of the new template.")],
+    subject: Annotated[str, typer.Option(help="Subject (Jinja).")],
+    text_file: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
+    account: int | None = None,
+) -> None:
+    """Save an HTML file as a template; syntax errors are refused with their line."""
+    from mailer.content.store import create_template
+    from mailer.storage.db import session_scope
+
+    try:
+        with session_scope() as session:
+            template = create_template(
+                session,
+                _account_id(account),
+                name=name,
+                subject=subject,
+                html=html_file.read_text(encoding="utf-8"),
+                text=text_file.read_text(encoding="utf-8") if text_file else None,
+                saved_by="cli",
+                note=f"importada de {html_file.name}",
+            )
+    except MailerError as exc:
+        raise _fail(exc) from None
+    console.print(f"[green]template {template.id} created:[/] {template.name}")
+    _print_findings(template.id or 0, account)
+
+
+@template_app.command("check")
+def template_check(template_id: int, account: int | None = None) -> None:
+    """What to fix before sending (unknown variables, size, unsubscribe link, images...)."""
+    if _print_findings(template_id, account):
+        raise typer.Exit(1)
+
+
+def _print_findings(template_id: int, account: int | None) -> bool:
+    """Print the check's findings; True when one of them is an error."""
+    from mailer.audience.service import attribute_names
+    from mailer.content.check import check_template
+    from mailer.content.store import get_template
+    from mailer.storage.db import session_scope
+
+    try:
+        with session_scope() as session:
+            account_id = _account_id(account)
+            template = get_template(session, account_id, template_id)
+            findings = check_template(
+                template.subject,
+                template.html,
+                template.text,
+                contact_fields=attribute_names(session, account_id),
+            )
+    except MailerError as exc:
+        raise _fail(exc) from None
+    if not findings:
+        console.print("[green]no findings[/]")
+    for finding in findings:
+        colour = "red" if finding.severity == "error" else "yellow"
+        console.print(f"[{colour}]{finding.severity}[/] {finding.code}: {finding.text()}")
+    return any(f.severity == "error" for f in findings)
+
+
+@template_app.command("test")
+def template_test(
+    template_id: int,
+    to: Annotated[list[str], typer.Option(help="Recipient (repeat for more, 10 at most).")],
+    from_email: Annotated[str, typer.Option(help="Sender on a sending domain.")],
+    from_name: str = "Prueba",
+    contact: Annotated[
+        str | None, typer.Option(help="Personalise as this contact (e-mail).")
+    ] = None,
+    account: int | None = None,
+) -> None:
+    """Send a test of the template now, through the configured relay."""
+    from mailer.audience.service import find_contact
+    from mailer.campaigns.proofs import send_test_message
+    from mailer.storage.db import session_scope
+
+    try:
+        account_id = _account_id(account)
+        contact_id = None
+        if contact:
+            with session_scope() as session:
+                found = find_contact(session, account_id, contact)
+                if found is None:
+                    err.print(f"[red]no contact {contact}[/]")
+                    raise typer.Exit(1)
+                contact_id = found.id
+        results = send_test_message(
+            account_id,
+            template_id,
+            to,
+            from_email=from_email,
+            from_name=from_name,
+            contact_id=contact_id,
+        )
+    except MailerError as exc:
+        raise _fail(exc) from None
+    for result in results:
+        console.print(f"{result.address}: {result.state} {result.reply}")
 
 
 # -- running ---------------------------------------------------------------------------

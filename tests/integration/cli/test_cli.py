@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -114,3 +115,45 @@ def test_demo_is_idempotent(sqlite_settings: Settings) -> None:
     with session_scope() as session:
         assert [members for _lst, members in list_lists(session, 1)] == [40]
         assert len(list_templates(session, 1)) >= 2
+
+
+def test_template_commands(sqlite_settings: Settings, tmp_path: Path, configure: object) -> None:
+    relay, recorder = start_recording_relay()
+    try:
+        configure(sqlite_settings.database_url, MAILER_RELAY__PORT=str(relay.port))  # type: ignore[operator]
+        assert runner.invoke(app, ["demo"]).exit_code == 0
+        library = runner.invoke(app, ["template", "library"])
+        assert "comunicado" in library.output
+        used = runner.invoke(app, ["template", "use", "recordatorio"])
+        assert used.exit_code == 0, used.output
+        # A real-world template in another language (Postmark's Mustachio) is refused with
+        # the line; the others go through.
+        fixtures = Path(__file__).resolve().parents[2] / "fixtures" / "email_templates"
+        refused = runner.invoke(
+            app,
+            ["template", "import", str(fixtures / "postmark_basic-full_invoice.html"),
+             "--name", "Factura", "--subject", "Factura"],
+        )
+        assert refused.exit_code == 1 and "line" in refused.output and "{% for" in refused.output
+        imported = runner.invoke(
+            app,
+            ["template", "import", str(fixtures / "cerberus-responsive.html"),
+             "--name", "Cerberus", "--subject", "Hola {{ contact.first_name }}"],
+        )
+        assert imported.exit_code == 0, imported.output
+        assert "no_unsubscribe" in imported.output
+        listing = runner.invoke(app, ["template", "list"])
+        assert "Cerberus" in listing.output and "Recordatorio" in listing.output
+        cerberus = re.search(r"template (\d+) created", imported.output)
+        assert cerberus
+        check = runner.invoke(app, ["template", "check", cerberus.group(1)])
+        assert check.exit_code == 1 and "no_unsubscribe" in check.output
+        sent = runner.invoke(
+            app,
+            ["template", "test", "1", "--to", "jefa@example.pe", "--from-email",
+             "boletin@demo.example.pe"],
+        )
+        assert sent.exit_code == 0 and "jefa@example.pe: sent" in sent.output
+    finally:
+        relay.stop()
+    assert len(recorder.messages) == 1

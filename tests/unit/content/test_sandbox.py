@@ -116,3 +116,37 @@ def test_templates_cannot_exhaust_memory_or_cpu(source: str) -> None:
     with pytest.raises(TemplateError, match="not allowed in a template"):
         compile_template("Asunto", f"<p>{source}</p>").render({})
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "{{ self._TemplateReference__context }}",
+        "{{ self._TemplateReference__context.cycler.__init__.__globals__.os }}",
+        "{{ config }}",
+        "{{ config.items() }}",
+        "{{ request.application.__globals__ }}",
+        "{{ ''|attr('__class__') }}",
+        "{{ ''|attr('\\x5f\\x5fclass\\x5f\\x5f') }}",
+        "{{ '%s'|format(''.__class__) }}",
+        "{{ '{0.__class__.__init__.__globals__}'.format(cycler) }}",
+        "{{ cycler.next.__func__ }}",
+        "{{ dict.mro() }}",
+        "{{ lipsum.__globals__ }}",
+        "{{ url_for.__globals__ }}",
+        "{{ get_flashed_messages.__globals__ }}",
+        "{% set x = namespace() %}{{ x.__dict__ }}",
+        "{{ contact.update({'email': 'x'}) }}",
+    ],
+)
+def test_known_injection_payloads_leak_nothing(payload: str) -> None:
+    """Server-side template injection payloads of the field: refused, or harmlessly empty."""
+    try:
+        rendered = compile_template("s", f"<p>{payload}</p>").render(
+            {"contact": {"email": "a@example.pe"}}
+        )
+    except TemplateError:
+        return
+    leaked = rendered.html.lower()
+    for marker in ("class", "module", "function", "built-in", "<bound", "globals", "os"):
+        assert marker not in leaked.replace("<p>", "").replace("</p>", ""), (payload, rendered.html)
