@@ -4,6 +4,7 @@ test sends.  Every route checks the role; writes check the CSRF token."""
 from __future__ import annotations
 
 import html
+import threading
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request
@@ -17,6 +18,7 @@ from mailer.content import store as templates
 from mailer.content.check import Finding, check_template
 from mailer.content.models import Template
 from mailer.content.preview import preview, sample_subject
+from mailer.content.thumbnails import ThumbnailCache
 from mailer.core.errors import MailerError
 from mailer.delivery import service as delivery
 from mailer.web.auth import CsrfChecked, Editor, Id, Reader, Sender, SessionDep
@@ -268,6 +270,45 @@ def _sandboxed(render_message: Any) -> Response:
             f"<pre>{html.escape(tr(exc))}</pre>", status_code=422, headers=SANDBOX_HEADERS
         )
     return HTMLResponse(rendered.html, headers=SANDBOX_HEADERS)
+
+
+THUMBNAIL_SIZE = (600, 800)
+_thumbnail_slots = threading.BoundedSemaphore(2)  # Chromium is heavy: two at a time
+_PLACEHOLDER = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="600" height="800" viewBox="0 0 600 800">'
+    '<rect width="600" height="800" fill="#f2f4f7"/><text x="300" y="400" font-family="sans-serif"'
+    ' font-size="28" fill="#667085" text-anchor="middle">Vista previa no disponible</text></svg>'
+)
+
+
+def _thumbnail(request: Request, render_message: Any) -> Response:
+    """A PNG of the message as a phone-to-desktop wide mail client shows it, cached on disk."""
+    try:
+        rendered = render_message()
+        cache = ThumbnailCache(request.app.state.settings.data_dir / "thumbnails")
+        with _thumbnail_slots:
+            png = cache.get(rendered.html, width=THUMBNAIL_SIZE[0], height=THUMBNAIL_SIZE[1])
+    except MailerError:
+        return Response(_PLACEHOLDER, media_type="image/svg+xml")
+    return Response(
+        png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"}
+    )
+
+
+@router.get("/templates/{template_id}/thumbnail.png")
+def template_thumbnail(
+    request: Request, template_id: Id, session: SessionDep, principal: Reader
+) -> Response:
+    template = templates.get_template(session, principal.account_id, template_id)
+    return _thumbnail(request, lambda: preview(template.subject, template.html, template.text))
+
+
+@router.get("/library/{key}/thumbnail.png")
+def library_thumbnail(request: Request, key: str, principal: Reader) -> Response:
+    item = templates.library_template(request.app.state.settings.templates_dir, key)
+    return _thumbnail(
+        request, lambda: preview(item.subject, item.html, item.text, item.sample or None)
+    )
 
 
 @router.post("/templates/{template_id}/test", dependencies=[CsrfChecked])

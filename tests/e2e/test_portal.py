@@ -257,10 +257,15 @@ def edit_templates(session: Session) -> None:
     expect(page).to_have_url(session.portal.url("/templates"))
     tiles = page.locator(".grid .tile")
     expect(tiles.first).to_be_visible()
-    for index in range(tiles.count()):  # the lazy previews, so the screenshot shows them
+    for index in range(tiles.count()):  # the lazy thumbnails, so the screenshot shows them
         tiles.nth(index).scroll_into_view_if_needed()
-        frame = page.frame_locator(".grid .tile iframe").nth(index)
-        expect(frame.locator("body")).not_to_be_empty()
+        image = tiles.nth(index).locator("img")
+        expect(image).to_have_attribute("src", re.compile(r"thumbnail\.png"))
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0",
+            arg=image.element_handle(),
+            timeout=30_000,
+        )
     session.shot("10-templates")
 
     # A template from the library becomes the account's own, in the editor.

@@ -19,6 +19,7 @@ from mailer.content import store
 from mailer.core.config import Settings
 from mailer.messages.models import Message
 from mailer.storage.db import session_scope
+from tests.conftest import IN_CI
 from tests.helpers import DOMAIN, Recorder, World, build_world, dkim_verifies, start_recording_relay
 
 PASSWORD = "una clave larga 123"
@@ -174,3 +175,18 @@ def test_api_check_versions_and_test(
     used = client.post("/api/v1/library/comunicado/use", headers=auth)
     assert used.status_code == 201 and used.json()["version"] == 1
     assert client.post("/api/v1/library/nope/use", headers=auth).status_code == 404
+
+
+def test_gallery_thumbnails_are_real_screenshots(client: TestClient, world: World) -> None:
+    if not Path("/usr/bin/chromium").exists():
+        if IN_CI:
+            pytest.fail("Chromium is required under CI=true")
+        pytest.skip("Chromium is not installed")
+    login(client, "viewer@example.pe")
+    first = client.get(f"/templates/{world.template_id}/thumbnail.png")
+    assert first.headers["content-type"] == "image/png"
+    assert first.content.startswith(b"\x89PNG")
+    again = client.get(f"/templates/{world.template_id}/thumbnail.png")
+    assert again.content == first.content  # from the cache
+    library = client.get("/library/boletin/thumbnail.png")
+    assert library.headers["content-type"] == "image/png"
