@@ -290,6 +290,10 @@ def _premailer() -> Premailer:
         allow_network=False,  # never fetch <link rel=stylesheet> or external CSS
         allow_loading_external_files=False,
         disable_link_rewrites=True,
+        # Keep the width/height attributes the author wrote on <img> and tables: Outlook
+        # sizes images from them, and premailer would overwrite them from the CSS
+        # (width="100%", height="auto"), collapsing image boxes when images are blocked.
+        disable_basic_attributes=["width", "height"],
     )
 
 

@@ -22,6 +22,17 @@ from mailer.content.compiler import ProtectedMarkup, escape_literal_jinja
 
 LINK_CALL = "{{{{ _link({index}) }}}}"
 
+
+def link_call(index: int, source: str) -> str:
+    """The template code that replaces a link's href.
+
+    A URL with template code in it is rendered where it stands (captured with ``set``), so
+    that inside a ``for`` loop every item gets its own URL; a fixed URL needs no capture.
+    """
+    if "{" not in source:
+        return LINK_CALL.format(index=index)
+    return "{% set _link_url %}" + source + "{% endset %}{{ _link(" + str(index) + ", _link_url) }}"
+
 _HREF = re.compile(r"""\shref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.IGNORECASE)
 _HTTP = re.compile(r"https?://", re.IGNORECASE)
 _CONTEXT_URL = re.compile(r"\{\{-?\s*(?:unsubscribe_url|web_version_url)\b")
@@ -168,7 +179,7 @@ def rewrite_links(protected: ProtectedMarkup) -> LinkRewrite:
         text = _clean_text(protected, found.text) or _clean_text(protected, [" ".join(found.alts)])
         links.append(Link(index=index, url=url, text=text))
         lines.append(line)
-        added.append((LINK_CALL.format(index=index), line))
+        added.append((link_call(index, sources[-1]), line))
         pieces += [protected.text[position : found.start], protected.token(next_token)]
         position = found.end
         next_token += 1

@@ -9,6 +9,7 @@ index and personalised URL into the URL to put in the message.
 
 from __future__ import annotations
 
+import html as html_lib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -116,23 +117,27 @@ class CompiledTemplate:
 
         Each link is personalised with ``context`` and, if it is an http(s) URL and
         ``link_url`` is given, replaced by ``link_url(index, personalised_url)``; this is
-        done once per link and render, whichever parts show it. Raises
-        :class:`TemplateError` when a template expression fails; an error raised by
-        ``link_url`` propagates unchanged.
+        done once per link and personalised URL, whichever parts show it.  A link whose URL
+        has template code is personalised where it stands, so a link inside a loop gets
+        each item's URL.  Raises :class:`TemplateError` when a template expression fails;
+        an error raised by ``link_url`` propagates unchanged.
         """
-        resolved: dict[int, str] = {}
+        resolved: dict[tuple[int, str | None], str] = {}
         variables = {**TEMPLATE_GLOBALS, **context}
 
-        def link(index: int) -> str:
-            url = resolved.get(index)
+        def link(index: int, in_place: str | None = None) -> str:
+            # in_place: the URL as rendered at the link's own place (autoescaped in HTML).
+            personal = None if in_place is None else html_lib.unescape(str(in_place)).strip()
+            key = (index, personal)
+            url = resolved.get(key)
             if url is None:
-                url = self._personalise(index, variables)
+                url = personal if personal is not None else self._personalise(index, variables)
                 if link_url is not None and url[:8].lower().startswith(("http://", "https://")):
                     try:
                         url = link_url(index, url)
                     except Exception as exc:
                         raise _LinkUrlFailed(exc) from exc
-                resolved[index] = url
+                resolved[key] = url
             return url
 
         variables["_link"] = link

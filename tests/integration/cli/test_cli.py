@@ -131,14 +131,28 @@ def test_template_commands(sqlite_settings: Settings, tmp_path: Path, configure:
         fixtures = Path(__file__).resolve().parents[2] / "fixtures" / "email_templates"
         refused = runner.invoke(
             app,
-            ["template", "import", str(fixtures / "postmark_basic-full_invoice.html"),
-             "--name", "Factura", "--subject", "Factura"],
+            [
+                "template",
+                "import",
+                str(fixtures / "postmark_basic-full_invoice.html"),
+                "--name",
+                "Factura",
+                "--subject",
+                "Factura",
+            ],
         )
         assert refused.exit_code == 1 and "line" in refused.output and "{% for" in refused.output
         imported = runner.invoke(
             app,
-            ["template", "import", str(fixtures / "cerberus-responsive.html"),
-             "--name", "Cerberus", "--subject", "Hola {{ contact.first_name }}"],
+            [
+                "template",
+                "import",
+                str(fixtures / "cerberus-responsive.html"),
+                "--name",
+                "Cerberus",
+                "--subject",
+                "Hola {{ contact.first_name }}",
+            ],
         )
         assert imported.exit_code == 0, imported.output
         assert "no_unsubscribe" in imported.output
@@ -150,8 +164,15 @@ def test_template_commands(sqlite_settings: Settings, tmp_path: Path, configure:
         assert check.exit_code == 1 and "no_unsubscribe" in check.output
         sent = runner.invoke(
             app,
-            ["template", "test", "1", "--to", "jefa@example.pe", "--from-email",
-             "boletin@demo.example.pe"],
+            [
+                "template",
+                "test",
+                "1",
+                "--to",
+                "jefa@example.pe",
+                "--from-email",
+                "boletin@demo.example.pe",
+            ],
         )
         assert sent.exit_code == 0 and "jefa@example.pe: sent" in sent.output
     finally:

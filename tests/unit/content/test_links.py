@@ -127,3 +127,31 @@ def test_links_of_a_hand_written_text_part_are_tracked_too() -> None:
     message = compile_template("s", PAGE, text).render(CONTEXT, link_url=lambda i, u: f"T{i}")
 
     assert message.text == "Vea su ficha: T0.\n"
+
+
+def test_links_inside_a_loop_get_each_items_url() -> None:
+    html = (
+        "<ul>{% for p in contact.procesos %}"
+        '<li><a href="https://example.pe/proceso/{{ p.codigo }}?r={{ contact.ruc }}&amp;x=1">'
+        "{{ p.codigo }}</a></li>{% endfor %}</ul>"
+        '<a href="https://example.pe/todos">Todos</a>'
+    )
+    seen: list[tuple[int, str]] = []
+
+    def track(index: int, url: str) -> str:
+        seen.append((index, url))
+        return f"https://t.example.pe/{len(seen)}"
+
+    compiled = compile_template("s", html)
+    rendered = compiled.render(
+        {"contact": {"ruc": "20100", "procesos": [{"codigo": "A-1"}, {"codigo": "B&2"}]}},
+        link_url=track,
+    )
+    assert seen == [
+        (0, "https://example.pe/proceso/A-1?r=20100&x=1"),
+        (0, "https://example.pe/proceso/B&2?r=20100&x=1"),
+        (1, "https://example.pe/todos"),
+    ]
+    assert 'href="https://t.example.pe/1"' in rendered.html
+    assert 'href="https://t.example.pe/2"' in rendered.html
+    assert "https://t.example.pe/1" in rendered.text and "https://t.example.pe/2" in rendered.text
