@@ -123,12 +123,12 @@ def setup_demo(settings: Settings, *, password: str) -> DemoResult:
         if existing:
             campaign_id = existing[-1].id
         elif templates:
-            first = next((t for t in templates if t.library_key == "comunicado"), templates[0])
+            chosen = next((t for t in templates if t.library_key == "comunicado"), templates[0])
             campaign = create_campaign(
                 session,
                 account_id,
                 name="Comunicado de bienvenida (demo)",
-                template_id=first.id or 0,
+                template_id=chosen.id or 0,
                 list_id=lst.id,
                 from_email=f"boletin@{DEMO_DOMAIN}",
                 from_name="Entidad Demo",

@@ -33,6 +33,7 @@ def link_call(index: int, source: str) -> str:
         return LINK_CALL.format(index=index)
     return "{% set _link_url %}" + source + "{% endset %}{{ _link(" + str(index) + ", _link_url) }}"
 
+
 _HREF = re.compile(r"""\shref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.IGNORECASE)
 _HTTP = re.compile(r"https?://", re.IGNORECASE)
 _CONTEXT_URL = re.compile(r"\{\{-?\s*(?:unsubscribe_url|web_version_url)\b")

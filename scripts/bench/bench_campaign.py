@@ -49,6 +49,7 @@ def main() -> None:
     from mailer.core.config import get_settings
     from mailer.storage.migrate import upgrade
     from mailer.workers import configure_broker, start_worker
+
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.helpers import build_world
 
