@@ -28,6 +28,7 @@ test: install lint
 
 lint: install
 	$(BIN)/ruff check mailer tests scripts
+	$(BIN)/ruff format --check --quiet mailer tests scripts
 	$(BIN)/mypy mailer
 	$(BIN)/lint-imports
 

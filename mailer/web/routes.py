@@ -44,6 +44,7 @@ from mailer.web.pages import (
     render,
     tr,
 )
+from mailer.web.studio import template_findings
 
 router = APIRouter(include_in_schema=False)
 
@@ -305,6 +306,15 @@ def campaign_detail(
         lst=audience.get_list(session, principal.account_id, campaign.list_id),
         list_members=audience.list_size(session, campaign.list_id),
         sample_subject=sample_subject(campaign.subject or template.subject),
+        findings=template_findings(
+            session,
+            principal.account_id,
+            campaign.subject or template.subject,
+            template.html,
+            template.text,
+        )
+        if campaign.state in ("draft", "scheduled")
+        else [],
     )
 
 

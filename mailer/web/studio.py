@@ -38,7 +38,7 @@ PREVIEW_WIDTHS = (("Móvil", 375), ("Tableta", 768), ("Escritorio", 1200))
 FormText = Annotated[str, Form()]
 
 
-def _findings(
+def template_findings(
     session: Session, account_id: int, subject: str, body: str, text: str | None
 ) -> list[dict[str, str]]:
     """The check's findings, in the portal's language (empty if the template does not compile:
@@ -76,7 +76,7 @@ def _editor(
     if template is not None:
         assert template.id is not None
         context.update(
-            findings=_findings(
+            findings=template_findings(
                 session, principal.account_id, template.subject, template.html, template.text
             ),
             versions=templates.list_versions(session, principal.account_id, template.id),

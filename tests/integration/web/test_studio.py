@@ -190,3 +190,9 @@ def test_gallery_thumbnails_are_real_screenshots(client: TestClient, world: Worl
     assert again.content == first.content  # from the cache
     library = client.get("/library/boletin/thumbnail.png")
     assert library.headers["content-type"] == "image/png"
+
+
+def test_the_campaign_page_shows_the_check_before_sending(client: TestClient, world: World) -> None:
+    login(client, "manager@example.pe")
+    page = client.get(f"/campaigns/{world.campaign_id}")
+    assert 'id="findings"' in page.text and 'data-code="no_preheader"' in page.text
