@@ -556,7 +556,6 @@ def run_server(settings: Settings, *, host: str | None = None, port: int | None 
     import uvicorn
 
     from mailer.asgi import create_app
-    from mailer.campaigns.service import account_of_campaign
     from mailer.core.queue import enqueue
     from mailer.delivery.service import start_capture_relay
     from mailer.scheduler.service import PeriodicLoop
@@ -568,7 +567,7 @@ def run_server(settings: Settings, *, host: str | None = None, port: int | None 
     broker = configure_broker(settings)
     capture = None
     if settings.capture.enabled:
-        capture = start_capture_relay(settings, account_of=account_of_campaign)
+        capture = start_capture_relay(settings)
         console.print(f"capture relay on smtp://{settings.capture.host}:{settings.capture.port}")
     worker = loop = None
     if not settings.broker_url:

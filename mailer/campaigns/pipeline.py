@@ -37,7 +37,7 @@ from mailer.core.types import DeliveryResult, DeliveryStatus, Envelope
 from mailer.delivery.dkim import MultiSigner
 from mailer.delivery.domains import load_domain
 from mailer.delivery.mime import MessageHeaders, assemble, new_message_id
-from mailer.delivery.service import transport_from_settings
+from mailer.delivery.service import ACCOUNT_HEADER, transport_from_settings
 from mailer.events.models import EventKind
 from mailer.events.service import append_many
 from mailer.messages.models import MessageState
@@ -98,7 +98,10 @@ def compile_message(
     """Everything that is the same for every recipient: template, headers, DKIM keys."""
     domain = from_email.rsplit("@", 1)[1]
     sending_domain = load_domain(settings.sending_domains_dir, domain)
-    extra: tuple[tuple[str, str], ...] = (("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),)
+    extra: tuple[tuple[str, str], ...] = (
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+        (ACCOUNT_HEADER, str(account_id)),
+    )
     if campaign_id is not None:
         extra += (("X-Mailer-Campaign", str(campaign_id)),)
     return CompiledCampaign(

@@ -7,6 +7,7 @@ never touches that contact (a proof's ledger row names no contact).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,10 +29,13 @@ from mailer.content.store import get_template
 from mailer.core.clock import utcnow
 from mailer.core.config import Settings, get_settings
 from mailer.core.errors import NotFound, ValidationFailed
+from mailer.core.types import DeliveryResult, DeliveryStatus
 from mailer.delivery.service import transport_from_settings
 from mailer.messages.models import Message, MessageState
 from mailer.messages.service import ClaimedRow, claim_batch
 from mailer.storage.db import session_scope
+
+log = logging.getLogger(__name__)
 
 MAX_PROOF_RECIPIENTS = 10
 PROOF_PREFIX = "[PRUEBA] "
@@ -110,9 +114,18 @@ def send_test_message(
         return fields
 
     envelopes, failures, header_ids = build_envelopes(compiled, claim.rows, proof_fields)
-    results = failures + deliver(transport_factory(settings), envelopes)
+    try:
+        delivered = deliver(transport_factory(settings), envelopes)
+    except Exception as exc:  # nothing retries a proof: record the failure, do not hang
+        log.exception("test message could not be delivered")
+        delivered = [
+            DeliveryResult(e.message_id, DeliveryStatus.REJECTED, text=f"not delivered: {exc}")
+            for e in envelopes
+        ]
     with session_scope(settings) as session:
-        record_outcomes(session, compiled, claim, results, header_ids, settings)
+        # A proof is tried once: a deferral is reported as a failure, not retried later.
+        once = settings.model_copy(update={"max_attempts": 1})
+        record_outcomes(session, compiled, claim, failures + delivered, header_ids, once)
         rows = session.execute(
             select(
                 col(Message.to_address),

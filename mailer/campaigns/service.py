@@ -275,13 +275,6 @@ def complete_if_done(session: Session, campaign_id: int) -> bool:
     return True
 
 
-def account_of_campaign(campaign_id: int) -> int | None:
-    """The account a campaign belongs to (None if it does not exist)."""
-    with session_scope() as session:
-        campaign = session.get(Campaign, campaign_id)
-        return campaign.account_id if campaign else None
-
-
 def campaign_counts(session: Session, campaign: Campaign) -> dict[str, int]:
     """Counts for display: total, and each ledger state (0 when absent)."""
     assert campaign.id is not None

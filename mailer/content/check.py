@@ -19,7 +19,7 @@ from bs4 import BeautifulSoup
 from jinja2 import meta
 
 from mailer.content.preview import SAMPLE_CONTACT
-from mailer.content.sandbox import TEXT_ENV
+from mailer.content.sandbox import TEXT_ENV, RenderBudget
 from mailer.content.service import compile_template
 
 GMAIL_CLIP_BYTES = 102 * 1024
@@ -88,15 +88,16 @@ def check_template(
         urls[index] = url
         return url
 
-    rendered = compiled.render(
-        {
-            "contact": contact,
-            "campaign": {"name": "Revisión"},
-            "unsubscribe_url": "https://example.pe/u/token",
-            "web_version_url": "https://example.pe/v/token",
-        },
-        link_url=personalised,
-    )
+    with RenderBudget():
+        rendered = compiled.render(
+            {
+                "contact": contact,
+                "campaign": {"name": "Revisión"},
+                "unsubscribe_url": "https://example.pe/u/token",
+                "web_version_url": "https://example.pe/v/token",
+            },
+            link_url=personalised,
+        )
     for name in contact.missing:
         if name not in known:
             findings.append(

@@ -181,6 +181,12 @@ def parse_part(
 def compile_part(env: ImmutableSandboxedEnvironment, source: str, part: TemplatePart) -> Template:
     """Parse and compile one part of a message in ``env``."""
     tree = parse_part(env, source, part)
+    for name in tree.find_all(nodes.Name):
+        if name.name.startswith("_"):
+            # _link and its kin are the compiler's own; a template may not call or shadow them.
+            raise TemplateError(
+                f"names starting with '_' are reserved: {name.name!r}", part=part, line=name.lineno
+            )
     try:
         return env.from_string(tree)
     except TemplateSyntaxError as exc:  # e.g. an unknown filter, caught by the compiler

@@ -23,6 +23,15 @@ from mailer.content.compiler import ProtectedMarkup, escape_literal_jinja
 LINK_CALL = "{{{{ _link({index}) }}}}"
 
 
+_CHARACTER_REFERENCE = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[a-zA-Z][a-zA-Z0-9]*);")
+
+
+def unescape_attribute(value: str) -> str:
+    """Decode character references the way a browser does in an attribute value: only
+    those closed by ';' (``&region=`` stays as written, ``&amp;`` becomes ``&``)."""
+    return _CHARACTER_REFERENCE.sub(lambda match: html.unescape(match.group(0)), value)
+
+
 def link_call(index: int, source: str) -> str:
     """The template code that replaces a link's href.
 
@@ -31,7 +40,15 @@ def link_call(index: int, source: str) -> str:
     """
     if "{" not in source:
         return LINK_CALL.format(index=index)
-    return "{% set _link_url %}" + source + "{% endset %}{{ _link(" + str(index) + ", _link_url) }}"
+    # Without autoescape the capture is the URL itself (the href's entities were decoded
+    # when it was read), in the HTML and in the text part alike.
+    return (
+        "{% set _link_url %}{% autoescape false %}"
+        + source
+        + "{% endautoescape %}{% endset %}{{ _link("
+        + str(index)
+        + ", _link_url) }}"
+    )
 
 
 _HREF = re.compile(r"""\shref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""", re.IGNORECASE)
@@ -111,7 +128,7 @@ class _LinkScanner(HTMLParser):
         found = _Found(
             start=tag_offset + href.start(group),
             end=tag_offset + href.end(group),
-            url=html.unescape(href.group(group)),
+            url=unescape_attribute(href.group(group)),
             tag_start=tag_offset,
             tag=tag,
             text=[],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from mailer.content.sandbox import RenderBudget
 from mailer.content.service import RenderedMessage, compile_template
 from mailer.core.errors import MailerError
 
@@ -25,22 +26,22 @@ def preview(
 
     Raises TemplateError like a send would.
     """
-    return compile_template(subject, html, text).render(
-        {
-            "contact": dict(contact or SAMPLE_CONTACT),
-            "campaign": {"name": "Vista previa"},
-            "unsubscribe_url": "#",
-        }
-    )
+    compiled = compile_template(subject, html, text)
+    with RenderBudget():
+        return compiled.render(
+            {
+                "contact": dict(contact or SAMPLE_CONTACT),
+                "campaign": {"name": "Vista previa"},
+                "unsubscribe_url": "#",
+            }
+        )
 
 
 def sample_subject(subject: str) -> str:
     """The subject as the sample contact reads it; the source itself if it does not render."""
     try:
-        return (
-            compile_template(subject, "<p></p>", "", inline_css=False)
-            .render({"contact": SAMPLE_CONTACT, "campaign": {"name": ""}})
-            .subject
-        )
+        compiled = compile_template(subject, "<p></p>", "", inline_css=False)
+        with RenderBudget():
+            return compiled.render({"contact": SAMPLE_CONTACT, "campaign": {"name": ""}}).subject
     except MailerError:
         return subject

@@ -9,6 +9,10 @@ unsafe attribute access fails at once with :class:`jinja2.exceptions.SecurityErr
 
 from __future__ import annotations
 
+import re
+import sys
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from jinja2 import ChainableUndefined
@@ -64,7 +68,7 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
     time, where ``'a' * 10**9`` would otherwise be evaluated by the syntax check itself).
     """
 
-    intercepted_binops = frozenset(["*", "**"])
+    intercepted_binops = frozenset(["*", "**", "%"])
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -74,12 +78,83 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
                     raise SecurityError(
                         f"a repeated text or list may not exceed {MAX_SEQUENCE} items"
                     )
+            if _bits(left) + _bits(right) > MAX_INT_BITS:
+                raise SecurityError("the number would be too large")
             return left * right
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
                 raise SecurityError(f"exponents above {MAX_EXPONENT} are not allowed")
+            if _bits(left) * abs(int(right)) > MAX_INT_BITS:
+                raise SecurityError("the number would be too large")
             return left**right
+        if operator == "%" and isinstance(left, str) and _WIDE_PRINTF.search(left):
+            raise SecurityError(f"format widths above {MAX_WIDTH} are not allowed")
         return super().call_binop(context, operator, left, right)
+
+    def wrap_str_format(self, value: Any) -> Any:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None and _WIDE_FORMAT.search(value.__self__):
+            raise SecurityError(f"format widths above {MAX_WIDTH} are not allowed")
+        return wrapped
+
+
+MAX_INT_BITS = 100_000
+MAX_WIDTH = 10_000
+_WIDE_PRINTF = re.compile(r"%[-+ #0]*(\*|\d{5,})")
+_WIDE_FORMAT = re.compile(r"\{[^{}]*:[^{}]*?\d{5,}")
+
+
+def _bits(value: Any) -> int:
+    return abs(value).bit_length() if isinstance(value, int) else 0
+
+
+def _capped_concat(parts: Iterable[str]) -> str:
+    """Jinja's concat for captured blocks ({% set %}, {% filter %}, macros), with a cap."""
+    pieces = []
+    size = 0
+    for part in parts:
+        size += len(part)
+        if size > MAX_RENDER_CHARS:
+            raise SecurityError(f"a captured block exceeds {MAX_RENDER_CHARS} characters")
+        pieces.append(part)
+    return "".join(pieces)
+
+
+def _clamped(name: str, filter_function: Any) -> Any:
+    def clamped(value: Any, width: Any = 80, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(width, int) and width > MAX_WIDTH:
+            raise SecurityError(f"{name}() widths above {MAX_WIDTH} are not allowed")
+        return filter_function(value, width, *args, **kwargs)
+
+    return clamped
+
+
+class RenderBudget:
+    """A time limit for one render that also stops loops that print nothing.
+
+    Used where a person waits (previews, the check): a line tracer raises once the budget
+    is spent.  Sends do not pay the tracer's cost; the check ran before a send could start.
+    """
+
+    def __init__(self, seconds: float = MAX_RENDER_SECONDS) -> None:
+        self.seconds = seconds
+        self._deadline = 0.0
+        self._events = 0
+
+    def __enter__(self) -> RenderBudget:
+        self._deadline = time.monotonic() + self.seconds
+        self._previous = sys.gettrace()
+        sys.settrace(self._trace)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        sys.settrace(self._previous)
+
+    def _trace(self, frame: Any, event: str, arg: Any) -> Any:
+        self._events += 1
+        if self._events % 1000 == 0 and time.monotonic() > self._deadline:
+            raise SecurityError(f"the template took more than {self.seconds} s to render")
+        return self._trace
 
 
 def limited_range(*args: int) -> range:
@@ -103,6 +178,9 @@ def _environment(*, autoescape: bool, trim_blocks: bool = False) -> ImmutableSan
     # lipsum(n) would let a template burn CPU generating text; nothing needs it.
     env.globals.pop("lipsum", None)
     env.globals["range"] = limited_range
+    env.concat = _capped_concat  # type: ignore[method-assign]
+    for name in ("center", "indent"):
+        env.filters[name] = _clamped(name, env.filters[name])
     return env
 
 

@@ -9,7 +9,6 @@ index and personalised URL into the URL to put in the message.
 
 from __future__ import annotations
 
-import html as html_lib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -25,7 +24,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from mailer.content import compiler
 from mailer.content.compiler import compile_part, protect_jinja
 from mailer.content.errors import TemplateError, TemplatePart
-from mailer.content.links import Link, rewrite_links
+from mailer.content.links import Link, link_call, rewrite_links
 from mailer.content.sandbox import (
     DERIVED_TEXT_ENV,
     HTML_ENV,
@@ -53,7 +52,15 @@ _TEXT_URL = re.compile(r"https?://[^\s<>\"']+", re.IGNORECASE)
 _URL_TRAILER = ".,;:!?)]}'\""
 
 # Errors a template expression can cause at render time (bad data or a template bug).
-_RENDER_ERRORS = (JinjaTemplateError, ArithmeticError, LookupError, TypeError, ValueError)
+_RENDER_ERRORS = (
+    JinjaTemplateError,
+    ArithmeticError,
+    LookupError,
+    TypeError,
+    ValueError,
+    RecursionError,  # a macro calling itself
+    MemoryError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +133,8 @@ class CompiledTemplate:
         variables = {**TEMPLATE_GLOBALS, **context}
 
         def link(index: int, in_place: str | None = None) -> str:
-            # in_place: the URL as rendered at the link's own place (autoescaped in HTML).
-            personal = None if in_place is None else html_lib.unescape(str(in_place)).strip()
+            # in_place: the URL as rendered at the link's own place (see links.link_call).
+            personal = None if in_place is None else str(in_place).strip()
             key = (index, personal)
             url = resolved.get(key)
             if url is None:
@@ -243,8 +250,9 @@ def _compile_link(link: Link, source: str, line: int) -> Template | str:
         ) from exc
 
 
-def _track_text_links(text: str, links: tuple[Link, ...]) -> str:
-    """Point the URLs of a hand-written text part that are links of the HTML at _link(N)."""
+def _track_text_links(text: str, links: tuple[Link, ...], sources: tuple[str, ...]) -> str:
+    """Point the URLs of a hand-written text part that are links of the HTML at those links
+    (rendered where they stand, so a URL inside a loop gets each item's value)."""
     by_url: dict[str, int] = {}
     for link in links:
         by_url.setdefault(link.url, link.index)
@@ -257,7 +265,7 @@ def _track_text_links(text: str, links: tuple[Link, ...]) -> str:
         while candidate:
             index = by_url.get(protected.restore(candidate))
             if index is not None:
-                return f"{{{{ _link({index}) }}}}" + match.group(0)[len(candidate) :]
+                return link_call(index, sources[index]) + match.group(0)[len(candidate) :]
             if candidate[-1] not in _URL_TRAILER:
                 break
             candidate = candidate[:-1]
@@ -311,8 +319,11 @@ def compile_template(
             lines_match_source=False,
         )
     else:
+        tracked = _track_text_links(text, rewrite.links, rewrite.sources)
         text_part = _Part(
-            "text", compile_part(TEXT_ENV, _track_text_links(text, rewrite.links), "text"), True
+            "text",
+            _compile_generated(TEXT_ENV, tracked, "text", "the text part with its links"),
+            True,
         )
 
     return CompiledTemplate(

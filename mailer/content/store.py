@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from mailer.content.models import Template, TemplateVersion
@@ -127,9 +128,16 @@ def update_template(
     if not unchanged:
         template.version += 1
     session.add(template)
-    session.flush()
-    if not unchanged:
-        _keep_version(session, template, saved_by, note)
+    try:
+        session.flush()
+        if not unchanged:
+            _keep_version(session, template, saved_by, note)
+    except IntegrityError:
+        # Someone saved the same template at the same moment (a double click, two editors).
+        raise Conflict(
+            "the template was saved by someone else meanwhile: reload it and save again",
+            field="html",
+        ) from None
     return template
 
 
@@ -201,10 +209,11 @@ def duplicate_template(
     """A copy under a free name ("X (copia)", "X (copia 2)", ...)."""
     original = get_template(session, account_id, template_id)
     taken = {t.name for t in list_templates(session, account_id)}
-    name, n = f"{original.name} (copia)", 1
+    base = original.name[:180]  # room for the suffix within the 200 characters of a name
+    name, n = f"{base} (copia)", 1
     while name in taken:
         n += 1
-        name = f"{original.name} (copia {n})"
+        name = f"{base} (copia {n})"
     return create_template(
         session,
         account_id,
@@ -255,10 +264,10 @@ def create_from_library(
 ) -> Template:
     """A saved template from a library one (a free name is chosen if it is taken)."""
     taken = {t.name for t in list_templates(session, account_id)}
-    name, n = item.name, 1
+    name, n = item.name[:180], 1
     while name in taken:
         n += 1
-        name = f"{item.name} ({n})"
+        name = f"{item.name[:180]} ({n})"
     return create_template(
         session,
         account_id,

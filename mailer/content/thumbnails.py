@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,23 @@ class ThumbnailError(ValidationFailed):
     """A screenshot could not be taken (no Chromium, a crash, a time-out)."""
 
     code = "thumbnail_failed"
+
+
+_LOCKED_DOWN = (
+    '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+    "img-src data: https:; style-src 'unsafe-inline'; font-src data: https:\">\n"
+)
+"""No scripts, no frames, no local files; https images only."""
+
+_HEAD = re.compile(r"<head(?:\s[^>]*)?>", re.IGNORECASE)
+
+
+def _locked_down(html: str) -> str:
+    """*html* with the policy first in its <head> (before the doctype would mean quirks mode)."""
+    head = _HEAD.search(html)
+    if head is None:
+        return _LOCKED_DOWN + html
+    return html[: head.end()] + _LOCKED_DOWN + html[head.end() :]
 
 
 def _chromium_command(chromium: str, page: Path, png: Path, profile: Path, size: str) -> list[str]:
@@ -108,7 +126,7 @@ def render_png(
     with tempfile.TemporaryDirectory(prefix="mailer-thumbnail-") as scratch:
         root = Path(scratch)
         page, png, profile = root / "message.html", root / "screenshot.png", root / "profile"
-        page.write_text(html, encoding="utf-8")
+        page.write_text(_locked_down(html), encoding="utf-8")
         # HOME and the XDG folders point into the scratch directory: nothing is left behind.
         env = {
             **os.environ,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
-from sqlalchemy import ColumnElement, delete, func, insert, or_, select
+from sqlalchemy import ColumnElement, delete, func, insert, select
 from sqlmodel import Session, col
 
 from mailer.core.config import Settings
@@ -40,34 +39,26 @@ def transport_from_settings(settings: Settings) -> Transport:
     )
 
 
-CAMPAIGN_HEADER = "X-Mailer-Campaign"
-
-AccountOfCampaign = Callable[[int], int | None]
-"""Given a campaign id, its account (the capture store must not import campaigns)."""
+ACCOUNT_HEADER = "X-Mailer-Account"
+"""Every message mailer sends names its account, so captured mail is shown to that account."""
 
 
-def _subject_and_campaign(data: bytes) -> tuple[str, int | None]:
+def _subject_and_account(data: bytes) -> tuple[str, int | None]:
     headers = BytesHeaderParser(policy=compat32).parsebytes(data, headersonly=True)
     raw = headers.get("Subject", "")
     try:
         subject = str(make_header(decode_header(str(raw))))[:998]
     except (UnicodeError, LookupError, ValueError):
         subject = str(raw)[:998]
-    campaign = str(headers.get(CAMPAIGN_HEADER, "")).strip()
-    return subject, int(campaign) if campaign.isdigit() else None
+    account = str(headers.get(ACCOUNT_HEADER, "")).strip()
+    return subject, int(account) if account.isdigit() else None
 
 
 class CaptureStore:
     """Writes captured messages in batches (the SMTP handler only appends to a buffer)."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        account_of: AccountOfCampaign | None = None,
-        flush_seconds: float = 0.2,
-    ) -> None:
+    def __init__(self, settings: Settings, flush_seconds: float = 0.2) -> None:
         self.settings = settings
-        self.account_of = account_of
         self.flush_seconds = flush_seconds
         self._buffer: list[dict[str, object]] = []
         self._lock = threading.Lock()
@@ -75,9 +66,9 @@ class CaptureStore:
         self._thread = threading.Thread(target=self._run, name="capture-store", daemon=True)
 
     def __call__(self, mail_from: str, rcpt_tos: list[str], data: bytes) -> None:
-        subject, campaign_id = _subject_and_campaign(data)
+        subject, account_id = _subject_and_account(data)
         row: dict[str, object] = {
-            "campaign_id": campaign_id,
+            "account_id": account_id,
             "mail_from": mail_from[:320],
             "rcpt_to": ", ".join(rcpt_tos)[:2000],
             "subject": subject,
@@ -86,21 +77,6 @@ class CaptureStore:
         }
         with self._lock:
             self._buffer.append(row)
-
-    def _attributed(self, rows: list[dict[str, object]]) -> list[dict[str, object]]:
-        """The rows to insert, each with the account of the campaign that sent it."""
-        accounts: dict[int, int | None] = {}
-        attributed = []
-        for row in rows:
-            campaign_id = row["campaign_id"]
-            account_id = None
-            if isinstance(campaign_id, int) and self.account_of is not None:
-                if campaign_id not in accounts:
-                    accounts[campaign_id] = self.account_of(campaign_id)
-                account_id = accounts[campaign_id]
-            fields = {key: value for key, value in row.items() if key != "campaign_id"}
-            attributed.append({**fields, "account_id": account_id})
-        return attributed
 
     def start(self) -> None:
         self._thread.start()
@@ -124,7 +100,7 @@ class CaptureStore:
             return 0
         try:
             with session_scope(self.settings) as session:
-                session.execute(insert(CapturedMessage), self._attributed(rows))
+                session.execute(insert(CapturedMessage), rows)
                 _trim(session, self.settings.capture.keep)
         except Exception:
             with self._lock:
@@ -144,10 +120,8 @@ def _trim(session: Session, keep: int) -> None:
         session.execute(delete(CapturedMessage).where(col(CapturedMessage.id) <= newest))
 
 
-def start_capture_relay(
-    settings: Settings, account_of: AccountOfCampaign | None = None
-) -> tuple[CaptureRelay, CaptureStore]:
-    store = CaptureStore(settings, account_of)
+def start_capture_relay(settings: Settings) -> tuple[CaptureRelay, CaptureStore]:
+    store = CaptureStore(settings)
     store.start()
     relay = CaptureRelay(settings.capture.host, settings.capture.port, sink=store)
     relay.start()
@@ -156,16 +130,13 @@ def start_capture_relay(
 
 @dataclass(frozen=True, slots=True)
 class CaptureScope:
-    """Which captured mail a reader may see: its account's, and maybe mail of no account."""
+    """Which captured mail a reader may see: what its account sent (mail that names no
+    account did not come from mailer and is shown to nobody)."""
 
     account_id: int
-    include_unattributed: bool = False
 
     def condition(self) -> ColumnElement[bool]:
-        mine = col(CapturedMessage.account_id) == self.account_id
-        if self.include_unattributed:
-            return or_(mine, col(CapturedMessage.account_id).is_(None))
-        return mine
+        return col(CapturedMessage.account_id) == self.account_id
 
 
 def list_captured(

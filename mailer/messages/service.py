@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Claim",
     "ClaimedRow",
+    "Released",
     "claim_batch",
     "count_by_state",
     "last_activity",
@@ -182,10 +183,16 @@ def pending_ids(session: Session, campaign_id: int) -> list[int]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Released:
+    campaigns: list[int]  # campaigns with rows offered again
+    failed: list[tuple[int, int, int | None]]  # (message, account, campaign) given up
+
+
 def release_expired_claims(
     session: Session, lease: timedelta, *, max_attempts: int, now: datetime | None = None
-) -> list[int]:
-    """Settle the rows a dead worker claimed and never recorded; returns their campaigns.
+) -> Released:
+    """Settle the rows a dead worker claimed and never recorded.
 
     The worker died (or was stopped by its time limit) between its claim and recording the
     outcome; the relay may or may not have accepted those messages.  Until the delivery
@@ -198,8 +205,17 @@ def release_expired_claims(
     campaigns = list(
         session.execute(select(col(Message.campaign_id)).where(stale).distinct()).scalars()
     )
+    failed: list[tuple[int, int, int | None]] = []
     if campaigns:
         exhausted = col(Message.attempts) >= max_attempts
+        failed = [
+            (int(m), int(a), c)
+            for m, a, c in session.execute(
+                select(col(Message.id), col(Message.account_id), col(Message.campaign_id)).where(
+                    stale, exhausted
+                )
+            ).all()
+        ]
         session.execute(
             update(Message)
             .where(stale, exhausted)
@@ -215,7 +231,7 @@ def release_expired_claims(
             .where(stale, ~exhausted)
             .values(state=MessageState.QUEUED, claim_token=None, updated_at=now)
         )
-    return [c for c in campaigns if c is not None]
+    return Released([c for c in campaigns if c is not None], failed)
 
 
 def waiting_deferred(

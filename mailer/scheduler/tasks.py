@@ -14,6 +14,8 @@ from mailer.campaigns.service import (
 from mailer.core.config import get_settings
 from mailer.core.errors import MailerError
 from mailer.core.queue import task
+from mailer.events.models import EventKind
+from mailer.events.service import append as append_event
 from mailer.messages.service import release_expired_claims
 from mailer.storage.db import session_scope
 
@@ -46,7 +48,16 @@ def recover_stalled_sends() -> None:
             timedelta(seconds=settings.send_lease_seconds),
             max_attempts=settings.max_attempts,
         )
-    for campaign_id in released:
+        for message_id, account_id, campaign_id in released.failed:
+            append_event(
+                session,
+                account_id,
+                EventKind.FAILED,
+                campaign_id=campaign_id,
+                message_id=message_id,
+                text="the worker stopped while sending",
+            )
+    for campaign_id in released.campaigns:
         enqueue_pending(campaign_id)
     sweep_sending_campaigns(timedelta(seconds=settings.stall_seconds))
 

@@ -12,7 +12,6 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 
-from mailer.accounts.roles import Permission, can
 from mailer.accounts.service import Principal, audit, authenticate, get_account, user_principal
 from mailer.analytics.service import ledger_totals
 from mailer.audience import service as audience
@@ -398,10 +397,8 @@ def captured_page(
 
 
 def _captured_scope(principal: Principal) -> delivery.CaptureScope:
-    """An account sees the mail its campaigns sent; admins also see mail of no account."""
-    return delivery.CaptureScope(
-        principal.account_id, include_unattributed=can(principal.role, Permission.ADMIN)
-    )
+    """An account sees the mail it sent."""
+    return delivery.CaptureScope(principal.account_id)
 
 
 def _parts(data: bytes) -> tuple[EmailMessage, str | None, str | None]:

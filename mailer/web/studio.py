@@ -353,7 +353,8 @@ def template_test(
         to=[r.address for r in results],
     )
     summary = "; ".join(
-        f"{r.address}: {'enviada' if r.state == 'sent' else r.state} ({r.reply})" for r in results
+        f"{r.address}: {'enviada' if r.state == 'sent' else 'no enviada'} ({r.reply})"
+        for r in results
     )
     kind = "ok" if all(r.state == "sent" for r in results) else "error"
     flash(request, f"Prueba enviada. {summary}", kind)

@@ -162,3 +162,24 @@ def test_cache_renders_again_over_a_damaged_file(tmp_path: Path) -> None:
 
     assert cache.get("<p>hola</p>", width=375, height=800) == TINY_PNG
     assert path.read_bytes() == TINY_PNG
+
+
+@pytest.mark.browser
+def test_a_thumbnail_reads_no_local_file_and_runs_no_script(tmp_path: Path) -> None:
+    if shutil.which(CHROMIUM) is None:
+        if IN_CI:
+            pytest.fail(f"{CHROMIUM} is required under CI=true")
+        pytest.skip(f"{CHROMIUM} is not installed")
+    image_module = pytest.importorskip("PIL.Image")
+    secret = tmp_path / "secret.png"
+    image_module.new("RGB", (50, 50), (255, 0, 0)).save(secret)
+    page = (
+        '<!doctype html><html lang="es"><head><title>x</title></head>'
+        '<body style="margin:0;background:#ffffff">'
+        f'<img src="{secret.as_uri()}" width="50" height="50" alt="">'
+        "<script>document.body.style.background = '#00ff00'</script>"
+        "</body></html>"
+    )
+    image = image_module.open(io.BytesIO(render_png(page, width=200, height=100))).convert("RGB")
+    assert image.getpixel((25, 25)) != (255, 0, 0)  # the local file was not loaded
+    assert image.getpixel((150, 80)) == (255, 255, 255)  # the script did not run

@@ -67,20 +67,20 @@ def test_preview_errors_are_escaped_and_sandboxed(client: TestClient, world: Wor
 def test_captured_mail_stays_in_its_account(
     client: TestClient, world: World, sqlite_settings: Settings
 ) -> None:
-    store = CaptureStore(sqlite_settings, account_of=lambda campaign_id: world.account_id)
-    message = f"X-Mailer-Campaign: {world.campaign_id}\r\nSubject: Secreto\r\n\r\n<p>cuerpo</p>\r\n"
+    store = CaptureStore(sqlite_settings)
+    message = f"X-Mailer-Account: {world.account_id}\r\nSubject: Secreto\r\n\r\n<p>cuerpo</p>\r\n"
     store("boletin@example.pe", ["a@example.pe"], message.encode())
-    store("otro@example.pe", ["b@example.pe"], b"Subject: Sin campana\r\n\r\nhola\r\n")
+    store("otro@example.pe", ["b@example.pe"], b"Subject: Sin cuenta\r\n\r\nhola\r\n")
     assert store.flush() == 2
     login(client, "otra@example.pe")  # an admin of another account
     listing = client.get("/captured")
-    assert "Secreto" not in listing.text and "Sin campana" in listing.text
+    assert "Secreto" not in listing.text and "Sin cuenta" not in listing.text
     assert client.get("/captured/1").status_code == 404
     assert client.get("/captured/1/html").status_code == 404
     client.cookies.clear()
-    login(client, "editor@example.pe")  # not an admin: only its account's mail
+    login(client, "editor@example.pe")  # the account that sent it
     listing = client.get("/captured")
-    assert "Secreto" in listing.text and "Sin campana" not in listing.text
+    assert "Secreto" in listing.text and "Sin cuenta" not in listing.text
 
 
 @pytest.mark.parametrize(

@@ -132,7 +132,7 @@ def test_send_a_test_through_the_normal_delivery_path(
         },
     )
     assert "revisora@example.pe: enviada" in response.text
-    assert "reject-x@example.pe: failed (550" in response.text
+    assert "reject-x@example.pe: no enviada (550" in response.text
     assert len(recorder.messages) == 1
     data = recorder.messages[0][2]
     assert dkim_verifies(settings, data)

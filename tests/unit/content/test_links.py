@@ -155,3 +155,41 @@ def test_links_inside_a_loop_get_each_items_url() -> None:
     assert 'href="https://t.example.pe/1"' in rendered.html
     assert 'href="https://t.example.pe/2"' in rendered.html
     assert "https://t.example.pe/1" in rendered.text and "https://t.example.pe/2" in rendered.text
+
+
+def test_captured_links_are_decoded_once() -> None:
+    html = (
+        '<a href="https://x.pe/?id={{ contact.id }}&amp;region=lima&amp;copy=2">a</a>'
+        '<a href="https://x.pe/?n={{ contact.n }}">b</a>'
+        '<a href="https://x.pe/?a=1&region=2">c</a>'
+    )
+    seen: list[str] = []
+    compiled = compile_template("s", html)
+    rendered = compiled.render(
+        {"contact": {"id": 7, "n": "&amp;"}}, link_url=lambda i, url: seen.append(url) or url
+    )
+    assert seen == [
+        "https://x.pe/?id=7&region=lima&copy=2",
+        "https://x.pe/?n=&amp;",  # the contact's value, as it is
+        "https://x.pe/?a=1&region=2",  # '&region' without ';' is not an entity
+    ]
+    assert 'href="https://x.pe/?id=7&amp;region=lima&amp;copy=2"' in rendered.html
+
+
+def test_hand_written_text_part_keeps_per_item_urls() -> None:
+    html = '{% for i in contact.l %}<a href="https://a.pe/item/{{ i }}">{{ i }}</a>{% endfor %}'
+    text = "{% for i in contact.l %}Ver: https://a.pe/item/{{ i }}\n{% endfor %}"
+    rendered = compile_template("s", html, text).render(
+        {"contact": {"l": [1, 2]}}, link_url=lambda i, url: f"T{i}:{url}"
+    )
+    assert "T0:https://a.pe/item/1" in rendered.text and "T0:https://a.pe/item/2" in rendered.text
+
+
+def test_templates_may_not_use_reserved_names() -> None:
+    import pytest
+
+    from mailer.content import TemplateError
+
+    for source in ('{{ _link(0, "https://evil.example") }}', "{% set _link = 1 %}", "{{ _x }}"):
+        with pytest.raises(TemplateError, match="reserved"):
+            compile_template("s", f"<p>{source}</p>")

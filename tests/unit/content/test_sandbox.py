@@ -150,3 +150,37 @@ def test_known_injection_payloads_leak_nothing(payload: str) -> None:
     leaked = rendered.html.lower()
     for marker in ("class", "module", "function", "built-in", "<bound", "globals", "os"):
         assert marker not in leaked.replace("<p>", "").replace("</p>", ""), (payload, rendered.html)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}{% endfor %}",
+        "{% set x = (((10**100)**100)**100)**30 %}",
+        "{% set x = 99 ** 99 %}{% set y = x * x * x * x * x * x * x * x %}{{ y * y * y * y * y }}",
+        "{% set x %}{% for i in range(10000) %}{{ 'a' * 99999 }}{% endfor %}{% endset %}",
+        "{{ 'a'|center(10**8) }}",
+        "{{ 'a'|indent(10**8) }}",
+        "{{ '%100000000s' % 'a' }}",
+        "{{ '{:>100000000}'.format('a') }}",
+    ],
+)
+def test_silent_or_single_step_exhaustion_is_stopped(source: str) -> None:
+    """Work that prints nothing, or one huge step, is stopped as well (previews, check)."""
+    import time
+
+    from mailer.content.check import check_template
+    from mailer.content.preview import preview
+
+    started = time.monotonic()
+    with pytest.raises(TemplateError):
+        preview("Asunto", f"<p>{source}</p>", None)
+    with pytest.raises(TemplateError):
+        check_template("Asunto", f"<p>{source}</p>")
+    assert time.monotonic() - started < 8
+
+
+def test_a_recursive_macro_is_a_template_error() -> None:
+    source = "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"
+    with pytest.raises(TemplateError):
+        compile_template("s", f"<p>{source}</p>").render({})
