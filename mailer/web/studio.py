@@ -156,6 +156,21 @@ def template_create(
     return redirect(f"/templates/{template.id}")
 
 
+@router.post("/templates/live-preview", dependencies=[CsrfChecked])
+def live_preview(
+    principal: Editor,
+    subject: FormText = "",
+    html: FormText = "",
+    text: FormText = "",
+) -> Response:
+    """What is being typed in the editor, rendered for the sample contact (not saved)."""
+    if len(html) + len(text) > templates.MAX_TEMPLATE_CHARS:
+        return HTMLResponse(
+            "<p>La plantilla es demasiado grande.</p>", status_code=413, headers=SANDBOX_HEADERS
+        )
+    return _sandboxed(lambda: preview(subject or " ", html, text or None))
+
+
 @router.get("/templates/{template_id}")
 def template_edit(
     request: Request, template_id: Id, session: SessionDep, principal: Reader
@@ -220,9 +235,13 @@ def template_duplicate(
 def template_restore(
     request: Request, template_id: Id, version: Id, session: SessionDep, principal: Editor
 ) -> Response:
-    templates.restore_version(
+    before = templates.get_template(session, principal.account_id, template_id).version
+    restored = templates.restore_version(
         session, principal.account_id, template_id, version, saved_by=principal.actor
     )
+    if restored.version == before:
+        flash(request, f"La versión {version} ya es el contenido actual: nada que restaurar.")
+        return redirect(f"/templates/{template_id}")
     audit(
         session,
         principal,

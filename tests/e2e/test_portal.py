@@ -301,6 +301,15 @@ def edit_templates(session: Session) -> None:
     expect(page.locator(".flash")).to_contain_text("revisora@example.pe: enviada")
     session.shot("12-template-test-sent")
 
+    # The previews follow what is typed, before anything is saved.
+    page.locator("textarea[name=html]").fill(
+        "<p>Vista en vivo para {{ contact.first_name }}</p>"
+        '<p><a href="{{ unsubscribe_url }}">Darse de baja</a></p>'
+    )
+    live = page.frame_locator("iframe.device-preview").nth(2).locator("body")
+    expect(live).to_contain_text("Vista en vivo para María", timeout=10_000)
+    session.shot("12b-template-live-preview")
+
     # Save a change, then restore the first version.
     page.locator("input[name=subject]").fill("Asunto cambiado en la prueba")
     page.get_by_role("button", name="Guardar").click()

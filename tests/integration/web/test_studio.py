@@ -196,3 +196,18 @@ def test_the_campaign_page_shows_the_check_before_sending(client: TestClient, wo
     login(client, "manager@example.pe")
     page = client.get(f"/campaigns/{world.campaign_id}")
     assert 'id="findings"' in page.text and 'data-code="no_preheader"' in page.text
+
+
+def test_live_preview_renders_what_is_typed(client: TestClient, world: World) -> None:
+    token = login(client, "editor@example.pe")
+    response = client.post(
+        "/templates/live-preview",
+        data={"csrf_token": token, "subject": "x", "html": "<p>Hola {{ contact.first_name }}</p>"},
+    )
+    assert response.status_code == 200 and "Hola María" in response.text
+    assert response.headers["content-security-policy"].startswith("sandbox")
+    broken = client.post(
+        "/templates/live-preview", data={"csrf_token": token, "subject": "x", "html": "{% if %}"}
+    )
+    assert broken.status_code == 422 and "línea 1" in broken.text
+    assert client.post("/templates/live-preview", data={"html": "<p>"}).status_code == 403
