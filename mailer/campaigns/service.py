@@ -24,7 +24,7 @@ from mailer.delivery.domains import load_domain
 from mailer.events.models import EventKind
 from mailer.events.service import append as append_event
 from mailer.messages.models import MESSAGE_STATE, Message, MessageState
-from mailer.messages.service import count_by_state, last_activity, pending_ids
+from mailer.messages.service import count_by_state, has_open_rows, last_activity, pending_ids
 from mailer.storage.db import session_scope
 from mailer.storage.types import UtcDateTime
 
@@ -266,9 +266,7 @@ def complete_if_done(session: Session, campaign_id: int) -> bool:
     ).scalar_one_or_none()
     if campaign is None or campaign.state != CampaignState.SENDING:
         return False
-    counts = count_by_state(session, campaign_id)
-    open_states = (MessageState.QUEUED, MessageState.SENDING, MessageState.DEFERRED)
-    if any(counts.get(state, 0) for state in open_states):
+    if has_open_rows(session, campaign_id):
         return False
     _transition(session, campaign, CampaignState.COMPLETED)
     campaign.completed_at = utcnow()

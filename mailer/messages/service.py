@@ -23,6 +23,7 @@ __all__ = [
     "Released",
     "claim_batch",
     "count_by_state",
+    "has_open_rows",
     "last_activity",
     "pending_ids",
     "record_results",
@@ -84,7 +85,11 @@ def claim_batch(
             col(Message.to_name),
             col(Message.attempts),
         )
-        .where(col(Message.claim_token) == token, col(Message.state) == MessageState.SENDING)
+        .where(
+            col(Message.id).in_(list(message_ids)),  # the primary key, not a scan for the token
+            col(Message.claim_token) == token,
+            col(Message.state) == MessageState.SENDING,
+        )
         .order_by(col(Message.id))
     ).all()
     return Claim(token, [ClaimedRow(*row) for row in rows])
@@ -158,6 +163,20 @@ def record_results(
         # ORM bulk UPDATE by primary key: one executemany for the whole batch.
         session.execute(update(Message), params)
     return by_state
+
+
+OPEN_STATES = (MessageState.QUEUED, MessageState.SENDING, MessageState.DEFERRED)
+
+
+def has_open_rows(session: Session, campaign_id: int) -> bool:
+    """Whether the campaign still has rows to send (one index probe, run after every batch:
+    counting a large campaign's rows there would cost a scan per batch)."""
+    probe = (
+        select(col(Message.id))
+        .where(col(Message.campaign_id) == campaign_id, col(Message.state).in_(OPEN_STATES))
+        .limit(1)
+    )
+    return session.execute(probe).first() is not None
 
 
 def count_by_state(session: Session, campaign_id: int) -> dict[str, int]:
