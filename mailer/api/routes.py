@@ -40,7 +40,9 @@ from mailer.core.i18n import localise_text
 router = APIRouter(prefix="/api/v1")
 
 
-def _campaign_out(session: Session, campaign: Campaign) -> CampaignOut:
+def _campaign_out(
+    session: Session, campaign: Campaign, counts: dict[str, int] | None = None
+) -> CampaignOut:
     assert campaign.id is not None
     return CampaignOut(
         id=campaign.id,
@@ -54,7 +56,7 @@ def _campaign_out(session: Session, campaign: Campaign) -> CampaignOut:
         scheduled_at=campaign.scheduled_at,
         started_at=campaign.started_at,
         completed_at=campaign.completed_at,
-        counts=campaigns.campaign_counts(session, campaign),
+        counts=counts if counts is not None else campaigns.campaign_counts(session, campaign),
     )
 
 
@@ -344,7 +346,8 @@ def use_library_template(
 @router.get("/campaigns", response_model=list[CampaignOut], tags=["campaigns"])
 def get_campaigns(session: SessionDep, principal: Reader) -> list[CampaignOut]:
     return [
-        _campaign_out(session, c) for c in campaigns.list_campaigns(session, principal.account_id)
+        _campaign_out(session, campaign, counts)
+        for campaign, counts in campaigns.campaigns_with_counts(session, principal.account_id)
     ]
 
 

@@ -24,7 +24,13 @@ from mailer.delivery.domains import load_domain
 from mailer.events.models import EventKind
 from mailer.events.service import append as append_event
 from mailer.messages.models import MESSAGE_STATE, Message, MessageState
-from mailer.messages.service import count_by_state, has_open_rows, last_activity, pending_ids
+from mailer.messages.service import (
+    count_by_state,
+    counts_by_campaign,
+    has_open_rows,
+    last_activity,
+    pending_ids,
+)
 from mailer.storage.db import session_scope
 from mailer.storage.types import UtcDateTime
 
@@ -276,7 +282,19 @@ def complete_if_done(session: Session, campaign_id: int) -> bool:
 def campaign_counts(session: Session, campaign: Campaign) -> dict[str, int]:
     """Counts for display: total, and each ledger state (0 when absent)."""
     assert campaign.id is not None
-    counts = count_by_state(session, campaign.id)
+    return _display_counts(campaign, count_by_state(session, campaign.id))
+
+
+def campaigns_with_counts(
+    session: Session, account_id: int
+) -> list[tuple[Campaign, dict[str, int]]]:
+    """The account's campaigns, newest first, each with its counts (one query for all)."""
+    listed = list_campaigns(session, account_id)
+    counts = counts_by_campaign(session, [c.id for c in listed if c.id is not None])
+    return [(c, _display_counts(c, counts.get(c.id or 0, {}))) for c in listed]
+
+
+def _display_counts(campaign: Campaign, counts: dict[str, int]) -> dict[str, int]:
     result = {state.value: counts.get(state.value, 0) for state in MessageState}
     result["total"] = campaign.total
     return result

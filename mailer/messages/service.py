@@ -23,6 +23,7 @@ __all__ = [
     "Released",
     "claim_batch",
     "count_by_state",
+    "counts_by_campaign",
     "has_open_rows",
     "last_activity",
     "pending_ids",
@@ -177,6 +178,21 @@ def has_open_rows(session: Session, campaign_id: int) -> bool:
         .limit(1)
     )
     return session.execute(probe).first() is not None
+
+
+def counts_by_campaign(session: Session, campaign_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Rows by state for several campaigns, in one grouped query (for lists of campaigns)."""
+    counts: dict[int, dict[str, int]] = {campaign_id: {} for campaign_id in campaign_ids}
+    if not campaign_ids:
+        return counts
+    rows = session.execute(
+        select(col(Message.campaign_id), col(Message.state), func.count())
+        .where(col(Message.campaign_id).in_(list(campaign_ids)))
+        .group_by(col(Message.campaign_id), col(Message.state))
+    ).all()
+    for campaign_id, state, n in rows:
+        counts[int(campaign_id)][state] = int(n)
+    return counts
 
 
 def count_by_state(session: Session, campaign_id: int) -> dict[str, int]:

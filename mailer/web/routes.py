@@ -93,10 +93,7 @@ def logout(request: Request) -> Response:
 @router.get("/")
 def dashboard(request: Request, session: SessionDep, principal: Reader) -> HTMLResponse:
     lists = audience.list_lists(session, principal.account_id)
-    rows = [
-        (c, campaigns.campaign_counts(session, c))
-        for c in campaigns.list_campaigns(session, principal.account_id)
-    ]
+    rows = campaigns.campaigns_with_counts(session, principal.account_id)
     return render(
         request,
         "dashboard.html",
