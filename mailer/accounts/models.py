@@ -33,6 +33,9 @@ class User(SQLModel, table=True):
     password_hash: str = Field(max_length=200)
     role: str = Field(max_length=16)
     active: bool = True
+    # Part of every portal session; raised on logout and password change, which ends all
+    # the user's sessions (a signed cookie cannot be recalled otherwise).
+    session_epoch: int = 0
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     last_login_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
 

@@ -135,8 +135,17 @@ def set_password(session: Session, email: str, password: str) -> User:
     if user is None:
         raise NotFound("there is no user {email}", field="email", email=email)
     user.password_hash = hash_password(password)
+    user.session_epoch += 1  # a new password ends every open session
     session.add(user)
     return user
+
+
+def end_sessions(session: Session, user_id: int) -> None:
+    """Log the user out everywhere (every portal session of theirs stops being valid)."""
+    user = session.get(User, user_id)
+    if user is not None:
+        user.session_epoch += 1
+        session.add(user)
 
 
 def get_user(session: Session, user_id: int) -> User | None:

@@ -68,17 +68,18 @@ def check_csrf(request: Request, csrf_token: Annotated[str, Form()] = "") -> Non
 CsrfChecked = Depends(check_csrf)
 
 
-def login(request: Request, principal: Principal) -> None:
+def login(request: Request, principal: Principal, session_epoch: int) -> None:
     request.session.clear()  # a fresh session on login: no fixation
     request.session["user_id"] = principal.user_id
+    request.session["epoch"] = session_epoch
     csrf_token(request)
 
 
 def current_principal(request: Request, session: SessionDep) -> Principal:
     user_id = request.session.get("user_id")
     user = get_user(session, int(user_id)) if user_id else None
-    if user is None:
-        request.session.clear()
+    if user is None or request.session.get("epoch") != user.session_epoch:
+        request.session.clear()  # unknown user, or a session ended by logout elsewhere
         raise LoginRequired("log in first")
     # A plain snapshot: pages render it even after the request's session rolled back.
     request.state.user = PortalUser(user.id or 0, user.email, user.name, user.role)

@@ -12,7 +12,14 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 
-from mailer.accounts.service import Principal, audit, authenticate, get_account, user_principal
+from mailer.accounts.service import (
+    Principal,
+    audit,
+    authenticate,
+    end_sessions,
+    get_account,
+    user_principal,
+)
 from mailer.analytics.service import ledger_totals
 from mailer.audience import service as audience
 from mailer.audience.importer import ImportReport
@@ -76,13 +83,17 @@ def login_submit(
             email=email,
         )
     principal = user_principal(user)
-    login(request, principal)
+    login(request, principal, user.session_epoch)
     audit(session, principal, "login", ip=client_ip(request))
     return redirect("/")
 
 
 @router.post("/logout", dependencies=[CsrfChecked])
-def logout(request: Request) -> Response:
+def logout(request: Request, session: SessionDep) -> Response:
+    """Log out, here and everywhere: a copy of the cookie is worthless afterwards."""
+    user_id = request.session.get("user_id")
+    if user_id:
+        end_sessions(session, int(user_id))
     request.session.clear()
     return redirect("/login")
 

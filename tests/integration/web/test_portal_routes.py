@@ -209,3 +209,25 @@ def test_import_report_in_spanish_and_downloadable(client: TestClient, world: Wo
     assert body[0] == "línea,columna,valor,motivo"
     assert body[1].startswith("3,correo,sin-arroba,Falta la @")
     assert len(body) == 4
+
+
+def test_logout_ends_every_copy_of_the_session(
+    client: TestClient, world: World, sqlite_settings: Settings
+) -> None:
+    login(client, "viewer@example.pe")
+    stolen = dict(client.cookies)
+    assert client.get("/", follow_redirects=False).status_code == 200
+    client.post("/logout", data={"csrf_token": csrf(client, "/")})
+    with TestClient(create_app(sqlite_settings), cookies=stolen) as thief:
+        assert thief.get("/", follow_redirects=False).headers["location"] == "/login"
+
+
+def test_a_new_password_ends_open_sessions(
+    client: TestClient, world: World, sqlite_settings: Settings
+) -> None:
+    from mailer.accounts.service import set_password
+
+    login(client, "viewer@example.pe")
+    with session_scope() as session:
+        set_password(session, "viewer@example.pe", "otra clave larga 456")
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login"
