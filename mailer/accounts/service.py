@@ -9,11 +9,11 @@ from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from email_validator import EmailNotValidError, validate_email
 from sqlmodel import Session, col, select
 
 from mailer.accounts.models import Account, ApiKey, AuditEntry, User
 from mailer.accounts.roles import parse_role
+from mailer.cleaning.service import check_syntax
 from mailer.core.clock import utcnow
 from mailer.core.errors import AuthenticationFailed, Conflict, NotFound, Term, ValidationFailed
 from mailer.core.tokens import hash_secret
@@ -66,23 +66,20 @@ def first_account(session: Session) -> Account | None:
     return session.exec(select(Account).order_by(col(Account.id)).limit(1)).first()
 
 
-def sub_accounts(session: Session, account_id: int) -> list[Account]:
-    return list(session.exec(select(Account).where(Account.parent_id == account_id)))
-
-
 # -- users -----------------------------------------------------------------------------
 
 
 def normalise_email(email: str, field: str = "email") -> str:
-    try:
-        return validate_email(email.strip(), check_deliverability=False).normalized.lower()
-    except EmailNotValidError as exc:
+    """The address as stored (cleaning's syntax verdict), or ValidationFailed naming *field*."""
+    verdict = check_syntax(email)
+    if not verdict.ok:
         raise ValidationFailed(
             "'{email}' is not a valid e-mail address: {reason}",
             field=field,
             email=email,
-            reason=Term(str(exc)),
-        ) from None
+            reason=Term(verdict.reason),
+        )
+    return verdict.normalized
 
 
 def hash_password(password: str) -> str:
@@ -153,10 +150,6 @@ def get_user(session: Session, user_id: int) -> User | None:
     return user if user is not None and user.active else None
 
 
-def list_users(session: Session, account_id: int) -> list[User]:
-    return list(session.exec(select(User).where(User.account_id == account_id).order_by("id")))
-
-
 def user_principal(user: User) -> Principal:
     assert user.id is not None
     return Principal(
@@ -224,10 +217,6 @@ def revoke_api_key(session: Session, account_id: int, key_id: int) -> ApiKey:
     return key
 
 
-def list_api_keys(session: Session, account_id: int) -> list[ApiKey]:
-    return list(session.exec(select(ApiKey).where(ApiKey.account_id == account_id).order_by("id")))
-
-
 # -- audit -----------------------------------------------------------------------------
 
 
@@ -249,16 +238,5 @@ def audit(
             target=target,
             details=details,
             ip=ip,
-        )
-    )
-
-
-def recent_audit(session: Session, account_id: int, limit: int = 100) -> list[AuditEntry]:
-    return list(
-        session.exec(
-            select(AuditEntry)
-            .where(AuditEntry.account_id == account_id)
-            .order_by(col(AuditEntry.id).desc())
-            .limit(limit)
         )
     )

@@ -102,7 +102,3 @@ def load_models() -> type[SQLModel]:
                 if exc.name != f"mailer.{info.name}.models":
                     raise
     return SQLModel
-
-
-def is_postgres(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"

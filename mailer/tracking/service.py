@@ -31,27 +31,33 @@ class UnsubscribeTarget:
     already: bool
 
 
-def resolve_unsubscribe(session: Session, secret: str, token: str) -> UnsubscribeTarget:
-    """Who a token unsubscribes; raises BadToken for a forged one, NotFound for a stale one."""
-    message_id = int(unsign(secret, UNSUBSCRIBE, token))
-    message = session.get(Message, message_id)
-    if message is None or message.contact_id is None:
+def _message_and_contact(session: Session, secret: str, token: str) -> tuple[Message, Contact]:
+    """What a token points at; raises BadToken for a forged one, NotFound for a stale one."""
+    message = session.get(Message, int(unsign(secret, UNSUBSCRIBE, token)))
+    contact = None
+    if message is not None and message.contact_id is not None:
+        contact = session.get(Contact, message.contact_id)
+    if message is None or contact is None:
         raise NotFound("this unsubscribe link is no longer valid")
-    contact = session.get(Contact, message.contact_id)
-    if contact is None:
-        raise NotFound("this unsubscribe link is no longer valid")
+    return message, contact
+
+
+def _target(message: Message, contact: Contact) -> UnsubscribeTarget:
+    assert message.id is not None
     return UnsubscribeTarget(
-        message_id, contact.email, contact.email_status == ChannelStatus.UNSUBSCRIBED
+        message.id, contact.email, contact.email_status == ChannelStatus.UNSUBSCRIBED
     )
+
+
+def resolve_unsubscribe(session: Session, secret: str, token: str) -> UnsubscribeTarget:
+    """Who a token unsubscribes."""
+    return _target(*_message_and_contact(session, secret, token))
 
 
 def unsubscribe(session: Session, secret: str, token: str, *, source: str) -> UnsubscribeTarget:
     """Unsubscribe the contact a message went to, at once (idempotent)."""
-    target = resolve_unsubscribe(session, secret, token)
-    message = session.get(Message, target.message_id)
-    assert message is not None and message.contact_id is not None
-    contact = session.get(Contact, message.contact_id)
-    assert contact is not None
+    message, contact = _message_and_contact(session, secret, token)
+    target = _target(message, contact)
     if contact.email_status != ChannelStatus.UNSUBSCRIBED:
         CHANNEL_STATUS.check(ChannelStatus(contact.email_status), ChannelStatus.UNSUBSCRIBED)
         contact.email_status = ChannelStatus.UNSUBSCRIBED
