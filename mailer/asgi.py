@@ -23,12 +23,14 @@ from starlette.middleware.sessions import SessionMiddleware
 from mailer import __version__
 from mailer.analytics.service import ledger_totals
 from mailer.api import errors as api_errors
+from mailer.api.audience import router as audience_api_router
 from mailer.api.routes import router as api_router
 from mailer.core.config import Settings, get_settings
 from mailer.core.errors import MailerError
 from mailer.core.i18n import negotiate
 from mailer.core.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS
 from mailer.storage.db import get_engine, session_scope
+from mailer.web.audience import router as audience_web_router
 from mailer.web.routes import error_page, invalid_form
 from mailer.web.routes import router as web_router
 from mailer.web.studio import router as studio_router
@@ -159,7 +161,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(api_router)
+    app.include_router(audience_api_router)
     app.include_router(studio_router)
+    app.include_router(audience_web_router)
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -189,23 +189,46 @@ def import_file(
         str, typer.Option("--list", help="List to add the contacts to (created if new).")
     ],
     mode: Annotated[str, typer.Option(help="add, update or add_or_update.")] = "add_or_update",
+    column: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map",
+            help="HEADER=FIELD to override the automatic mapping (field: email, first_name, "
+            "last_name, phone, company, position, document, attr:NAME, or empty to skip).",
+        ),
+    ] = None,
     account: int | None = None,
     errors_out: Annotated[
         Path | None, typer.Option(help="Write rejected rows to this CSV.")
     ] = None,
 ) -> None:
-    """Import contacts from a CSV file into a list; bad rows are reported by line."""
+    """Import contacts from a CSV or XLSX file into a list; bad rows are reported by line."""
+    from mailer.audience.importer import map_columns
     from mailer.audience.service import create_list, get_list_by_name, import_contacts
+    from mailer.audience.tables import open_table
     from mailer.storage.db import session_scope
 
     total_bytes = file.stat().st_size
     try:
+        mapping = None
+        if column:
+            with open_table(file, file.name) as source:
+                mapping = map_columns(source.headers)
+            for item in column:
+                header, sep, target = item.partition("=")
+                if not sep or header not in mapping:
+                    err.print(
+                        f"[red]--map {item!r}:[/] use HEADER=FIELD with one of {list(mapping)}"
+                    )
+                    raise typer.Exit(2)
+                mapping[header] = target.strip()
         with (
             session_scope() as session,
             Progress(
                 TextColumn("[bold]Importando[/]"),
                 BarColumn(),
-                TextColumn("{task.completed} filas"),
+                TextColumn("{task.percentage:>3.0f} %"),
+                TextColumn("{task.fields[rows]} filas"),
                 TimeElapsedColumn(),
                 console=console,
             ) as progress,
@@ -214,7 +237,11 @@ def import_file(
             lst = get_list_by_name(session, account_id, list_name) or create_list(
                 session, account_id, list_name
             )
-            bar = progress.add_task("import", total=None)
+            bar = progress.add_task("import", total=100, rows=0)
+
+            def advance(so_far: Any, fraction: float) -> None:
+                progress.update(bar, completed=fraction * 100, rows=so_far.rows)
+
             report = import_contacts(
                 session,
                 account_id,
@@ -222,51 +249,317 @@ def import_file(
                 actor="cli",
                 list_id=lst.id,
                 mode=mode,
-                progress=lambda rows: progress.update(bar, completed=rows),
+                mapping=mapping,
+                progress=advance,
             )
     except MailerError as exc:
         raise _fail(exc) from None
-    table = Table(
-        title=(
-            f"{file.name} → {list_name} ({total_bytes // 1024} KB, "
-            f"{report.encoding}, '{report.delimiter}')"
-        )
-    )
-    for column in (
-        "filas",
-        "nuevos",
-        "actualizados",
-        "sin cambios",
-        "duplicados",
-        "en la lista",
-        "errores",
-    ):
-        table.add_column(column, justify="right")
-    table.add_row(
-        *map(
-            str,
-            (
-                report.rows,
-                report.created,
-                report.updated,
-                report.unchanged,
-                report.duplicates_in_file,
-                report.added_to_list,
-                len(report.errors),
-            ),
-        )
-    )
+    where = f"{report.encoding}, '{report.delimiter}'" if report.format == "csv" else "xlsx"
+    table = Table(title=f"{file.name} → {list_name} ({total_bytes // 1024} KB, {where})")
+    figures = {
+        "filas": report.rows,
+        "nuevos": report.created,
+        "actualizados": report.updated,
+        "sin cambios": report.unchanged,
+        "duplicados": report.duplicates_in_file,
+        "suprimidos": report.suppressed,
+        "en la lista": report.added_to_list,
+        "errores": len(report.errors),
+    }
+    for name in figures:
+        table.add_column(name, justify="right")
+    table.add_row(*map(str, figures.values()))
     console.print(table)
     for error in report.errors[:20]:
         err.print(
             f"[yellow]line {error.line}[/], column {error.column!r}: "
-            f"{error.reason} ({error.value!r})"
+            f"{error.message()} ({error.value!r})"
         )
     if len(report.errors) > 20:
         err.print(f"... and {len(report.errors) - 20} more")
     if errors_out and report.errors:
         errors_out.write_text(report.errors_csv(), encoding="utf-8")
         err.print(f"rejected rows written to {errors_out}")
+
+
+# -- cleaning, segments, suppression, personal data ---------------------------------------
+
+
+@app.command("clean")
+def clean(
+    file: Annotated[Path | None, typer.Argument(exists=True, dir_okay=False, readable=True)] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Cleaned file (.csv or .xlsx).")
+    ] = None,
+    list_name: Annotated[str | None, typer.Option("--list", help="Clean a stored list.")] = None,
+    segment_name: Annotated[
+        str | None, typer.Option("--segment", help="Clean a stored segment.")
+    ] = None,
+    account: int | None = None,
+    english: Annotated[bool, typer.Option(help="Verdict columns in English codes.")] = False,
+) -> None:
+    """Clean addresses: syntax, MX, null MX, disposable, role, typos (depuración).
+
+    `mailer clean FILE -o OUT` writes the file back with verdict and reason columns;
+    `mailer clean --list NAME` stores verdicts on the list's contacts."""
+    from mailer.audience import clean as cleaning
+    from mailer.audience.service import get_list_by_name, list_segments, target_filter
+    from mailer.storage.db import session_scope
+
+    settings = get_settings()
+    checker = cleaning.get_checker(settings)
+    try:
+        if file is not None:
+            if output is None:
+                output = file.with_name(f"{file.stem}.depurado{file.suffix or '.csv'}")
+            with console.status("Depurando…"):
+                if account is not None:
+                    with session_scope() as session:
+                        tally = cleaning.clean_file(
+                            file,
+                            output,
+                            checker,
+                            suppressed=cleaning.suppression_checker(session, account),
+                            spanish=not english,
+                        )
+                else:
+                    tally = cleaning.clean_file(file, output, checker, spanish=not english)
+            console.print(f"written to {output}")
+        elif list_name or segment_name:
+            with session_scope() as session:
+                account_id = _account_id(account)
+                list_id = segment_id = None
+                if list_name:
+                    lst = get_list_by_name(session, account_id, list_name)
+                    if lst is None:
+                        err.print(f"[red]no list named {list_name!r}[/]")
+                        raise typer.Exit(1)
+                    list_id = lst.id
+                if segment_name:
+                    found = [
+                        s for s in list_segments(session, account_id) if s.name == segment_name
+                    ]
+                    if not found:
+                        err.print(f"[red]no segment named {segment_name!r}[/]")
+                        raise typer.Exit(1)
+                    segment_id = found[0].id
+                where = target_filter(session, account_id, list_id=list_id, segment_id=segment_id)
+                with Progress(
+                    TextColumn("[bold]Depurando[/]"),
+                    BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(),
+                    console=console,
+                ) as progress:
+                    bar = progress.add_task("clean", total=None)
+                    tally = cleaning.clean_contacts(
+                        session,
+                        account_id,
+                        where,
+                        checker,
+                        progress=lambda done, total: progress.update(
+                            bar, completed=done, total=total
+                        ),
+                    )
+        else:
+            err.print("[red]give a FILE, --list or --segment[/]")
+            raise typer.Exit(2)
+    except MailerError as exc:
+        raise _fail(exc) from None
+    _print_cleaning(tally.as_json())
+
+
+def _print_cleaning(report: dict[str, Any]) -> None:
+    from mailer.cleaning.verdicts import REASON_LABELS_ES, VERDICT_LABELS_ES, Reason, Verdict
+
+    summary = Table(title=f"{report['total']} direcciones")
+    summary.add_column("resultado")
+    summary.add_column("cantidad", justify="right")
+    for verdict, count in sorted(report["verdicts"].items(), key=lambda kv: -kv[1]):
+        summary.add_row(VERDICT_LABELS_ES.get(Verdict(verdict), verdict), str(count))
+    console.print(summary)
+    reasons = Table(title="motivos")
+    reasons.add_column("motivo")
+    reasons.add_column("cantidad", justify="right")
+    for reason, count in sorted(report["reasons"].items(), key=lambda kv: -kv[1]):
+        reasons.add_row(REASON_LABELS_ES.get(Reason(reason), reason), str(count))
+    console.print(reasons)
+    if report["suggestions"]:
+        fixes = Table(title="posibles errores de escritura")
+        for name in ("dominio", "sugerencia", "cantidad"):
+            fixes.add_column(name)
+        for item in report["suggestions"][:20]:
+            fixes.add_row(item["from"], item["to"], str(item["count"]))
+        console.print(fixes)
+
+
+segment_app = typer.Typer(help="Segments: saved rules over contacts.", no_args_is_help=True)
+app.add_typer(segment_app, name="segment")
+suppress_app = typer.Typer(help="The suppression list.", no_args_is_help=True)
+app.add_typer(suppress_app, name="suppression")
+contact_app = typer.Typer(
+    help="One contact's data (access and deletion requests).", no_args_is_help=True
+)
+app.add_typer(contact_app, name="contact")
+
+
+def _rules(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        err.print(f"[red]--rules is not valid JSON:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+@segment_app.command("create")
+def segment_create(
+    name: str,
+    rules: Annotated[str, typer.Option(help='JSON, e.g. {"match":"all","conditions":[...]}')],
+    account: int | None = None,
+) -> None:
+    """Save a segment; prints how many contacts it matches now."""
+    from mailer.audience.service import audience_counts, create_segment
+    from mailer.storage.db import session_scope
+
+    try:
+        with session_scope() as session:
+            account_id = _account_id(account)
+            segment = create_segment(session, account_id, name, _rules(rules))
+            counts = audience_counts(session, account_id, segment_id=segment.id)
+    except MailerError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"segment {segment.id} {name!r}: {counts['matching']} contacts, "
+        f"{counts['sendable']} can receive e-mail"
+    )
+
+
+@segment_app.command("list")
+def segment_list(account: int | None = None) -> None:
+    from mailer.audience.segments import describe
+    from mailer.audience.service import audience_counts, list_segments
+    from mailer.storage.db import session_scope
+
+    with session_scope() as session:
+        account_id = _account_id(account)
+        table = Table()
+        for column in ("id", "name", "rules", "matching", "sendable"):
+            table.add_column(column)
+        for segment in list_segments(session, account_id):
+            counts = audience_counts(session, account_id, segment_id=segment.id)
+            table.add_row(
+                str(segment.id),
+                segment.name,
+                describe(segment.rules),
+                str(counts["matching"]),
+                str(counts["sendable"]),
+            )
+    console.print(table)
+
+
+@segment_app.command("count")
+def segment_count(
+    rules: Annotated[str, typer.Option(help="Rules as JSON.")], account: int | None = None
+) -> None:
+    """Count the contacts some rules match, without saving them."""
+    from mailer.audience.service import count_matching
+    from mailer.storage.db import session_scope
+
+    try:
+        with session_scope() as session:
+            counts = count_matching(session, _account_id(account), _rules(rules))
+    except MailerError as exc:
+        raise _fail(exc) from None
+    console.print(f"{counts['matching']} contacts, {counts['sendable']} can receive e-mail")
+
+
+@suppress_app.command("add")
+def suppression_add(
+    values: list[str],
+    channel: Annotated[str, typer.Option(help="email or sms.")] = "email",
+    reason: str = "manual",
+    account: int | None = None,
+) -> None:
+    """Add addresses (or phones) that must never be messaged."""
+    from mailer.audience.suppression import suppress
+    from mailer.storage.db import session_scope
+
+    try:
+        with session_scope() as session:
+            added = suppress(session, _account_id(account), channel, values, reason, "cli")
+    except MailerError as exc:
+        raise _fail(exc) from None
+    console.print(f"{added} added")
+
+
+@suppress_app.command("list")
+def suppression_list(
+    channel: str | None = None, search: str = "", account: int | None = None
+) -> None:
+    from mailer.audience.suppression import list_suppressions
+    from mailer.storage.db import session_scope
+
+    with session_scope() as session:
+        table = Table()
+        for column in ("channel", "value", "reason", "source", "since"):
+            table.add_column(column)
+        for entry in list_suppressions(
+            session, _account_id(account), channel=channel, search=search, limit=1000
+        ):
+            table.add_row(
+                entry.channel,
+                entry.value or "(erased)",
+                entry.reason,
+                entry.source,
+                entry.created_at.date().isoformat(),
+            )
+    console.print(table)
+
+
+def _contact_by_email(session: Any, account_id: int, email: str) -> Any:
+    from mailer.audience.service import find_contact
+
+    contact = find_contact(session, account_id, email)
+    if contact is None:
+        err.print(f"[red]no contact {email!r}[/]")
+        raise typer.Exit(1)
+    return contact
+
+
+@contact_app.command("export")
+def contact_export(email: str, account: int | None = None) -> None:
+    """Print everything kept about a person as JSON (access request, Ley 29733)."""
+    import json
+
+    from mailer.audience.service import export_contact
+    from mailer.storage.db import session_scope
+
+    with session_scope() as session:
+        account_id = _account_id(account)
+        contact = _contact_by_email(session, account_id, email)
+        data = export_contact(session, account_id, contact.id)
+    print(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+@contact_app.command("erase")
+def contact_erase(
+    email: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    account: int | None = None,
+) -> None:
+    """Erase a person's data; a hashed suppression entry keeps the address from returning."""
+    from mailer.audience.service import erase_contact
+    from mailer.storage.db import session_scope
+
+    if not yes:
+        typer.confirm(f"Erase every personal datum of {email}?", abort=True)
+    with session_scope() as session:
+        account_id = _account_id(account)
+        contact = _contact_by_email(session, account_id, email)
+        erase_contact(session, account_id, contact.id, source="cli")
+    console.print(f"{email}: erased; the address stays suppressed (hashed)")
 
 
 # -- campaigns -------------------------------------------------------------------------

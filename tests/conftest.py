@@ -45,6 +45,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+CLOSED_DNS_PORT = free_port()
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A new, empty PostgreSQL database for one test, dropped afterwards."""
@@ -73,6 +76,9 @@ def _configure(
         "MAILER_SECRET_KEY": "test-secret-" + "x" * 32,
         "MAILER_BROKER_URL": "",
         "MAILER_CONFIG": str(tmp_path / "absent.toml"),
+        # Nothing leaves the machine: DNS goes to a closed local port (lookups fail at once
+        # and verdicts are "unknown"); cleaning tests point it at their own unbound.
+        "MAILER_DNS_SERVERS": f"127.0.0.1:{CLOSED_DNS_PORT}",
         **env,
     }
     for key, value in values.items():

@@ -55,7 +55,10 @@ class Campaign(SQLModel, table=True):
     account_id: int = Field(foreign_key="accounts.id", index=True)
     name: str = Field(max_length=200)
     template_id: int = Field(foreign_key="templates.id")
-    list_id: int = Field(foreign_key="lists.id")
+    list_id: int | None = Field(default=None, foreign_key="lists.id")
+    segment_id: int | None = Field(default=None, foreign_key="segments.id")
+    # Addresses cleaned longer ago than this are cleaned again at start (0 = same day).
+    freshness_days: int = 0
     subject: str | None = Field(default=None, max_length=998)  # None: the template's
     from_name: str = Field(max_length=200)
     from_email: str = Field(max_length=320)

@@ -24,7 +24,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlmodel import Session, col
 
-from mailer.audience.models import Contact
+from mailer.audience.models import ChannelStatus, Contact
+from mailer.audience.suppression import suppressed_among
 from mailer.campaigns.models import Campaign, CampaignState
 from mailer.campaigns.service import complete_if_done, fail_campaign
 from mailer.content.service import CompiledTemplate, compile_template
@@ -41,7 +42,13 @@ from mailer.delivery.service import ACCOUNT_HEADER, transport_from_settings
 from mailer.events.models import EventKind
 from mailer.events.service import append_many
 from mailer.messages.models import MessageState
-from mailer.messages.service import Claim, ClaimedRow, claim_batch, record_results
+from mailer.messages.service import (
+    Claim,
+    ClaimedRow,
+    claim_batch,
+    record_results,
+    withdraw_claimed,
+)
 from mailer.storage.db import session_scope
 from mailer.tracking.service import unsubscribe_url
 
@@ -171,6 +178,21 @@ def load_contacts(session: Session, rows: Sequence[ClaimedRow]) -> dict[int, Con
     ids = [row.contact_id for row in rows if row.contact_id is not None]
     contacts = session.execute(select(Contact).where(col(Contact.id).in_(ids))).scalars()
     return {contact.id: contact for contact in contacts if contact.id is not None}
+
+
+def withheld_rows(
+    session: Session, account_id: int, rows: Sequence[ClaimedRow], contacts: Mapping[int, Contact]
+) -> list[int]:
+    """Rows whose recipient may no longer be mailed: the suppression list and the contact's
+    status are checked again at send time, so an unsubscribe after the snapshot holds."""
+    blocked = suppressed_among(session, account_id, "email", [row.to_address for row in rows])
+    withheld = []
+    for row in rows:
+        contact = contacts.get(row.contact_id) if row.contact_id is not None else None
+        inactive = contact is not None and contact.email_status != ChannelStatus.ACTIVE
+        if row.to_address in blocked or inactive:
+            withheld.append(row.id)
+    return withheld
 
 
 def build_envelope(
@@ -306,6 +328,12 @@ def send_batch(
             complete_if_done(session, campaign_id)
             return BatchOutcome(0, {}, None)
         contacts = load_contacts(session, claim.rows)
+        claim = withdraw_claimed(
+            session,
+            claim,
+            withheld_rows(session, campaign.account_id, claim.rows, contacts),
+            "suppressed or unsubscribed after the campaign started",
+        )
     # The claim is committed before anything leaves: a redelivered batch skips these rows.
     envelopes, failures, header_ids = build_envelopes(
         compiled, claim.rows, contact_fields(contacts)

@@ -12,7 +12,8 @@ from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
 from mailer.accounts.service import get_account, normalise_email
-from mailer.audience.service import email_audience, get_list
+from mailer.audience.clean import ensure_fresh, get_checker
+from mailer.audience.service import email_audience, get_list, get_segment
 from mailer.campaigns.models import CAMPAIGN_STATE, Campaign, CampaignState
 from mailer.content.service import check_syntax
 from mailer.content.store import get_template
@@ -41,17 +42,28 @@ def create_campaign(
     *,
     name: str,
     template_id: int,
-    list_id: int,
+    list_id: int | None = None,
+    segment_id: int | None = None,
     from_email: str,
     from_name: str,
     subject: str | None = None,
     reply_to: str | None = None,
+    freshness_days: int = 0,
     created_by: str = "",
 ) -> Campaign:
+    """A draft campaign to a list, a segment, or a segment within a list.
+
+    *freshness_days*: addresses whose cleaning verdict is older than this many days (0 =
+    not cleaned today) are cleaned again when the campaign starts; -1 never cleans."""
     if not name.strip():
         raise ValidationFailed("the campaign needs a name", field="name")
     template = get_template(session, account_id, template_id)
-    get_list(session, account_id, list_id)
+    if list_id is None and segment_id is None:
+        raise ValidationFailed("choose a list or a segment to send to", field="list_id")
+    if list_id is not None:
+        get_list(session, account_id, list_id)
+    if segment_id is not None:
+        get_segment(session, account_id, segment_id)
     if subject:
         check_syntax(subject, template.html, template.text)
     campaign = Campaign(
@@ -59,6 +71,8 @@ def create_campaign(
         name=name.strip(),
         template_id=template_id,
         list_id=list_id,
+        segment_id=segment_id,
+        freshness_days=max(freshness_days, -1),
         subject=subject or None,
         from_email=normalise_email(from_email, "from_email"),
         from_name=from_name.strip(),
@@ -154,11 +168,28 @@ def start_campaign(
     The caller commits, then calls :func:`enqueue_pending` (workers must see the rows).
     """
     campaign = get_campaign(session, account_id, campaign_id)
+    settings = settings or get_settings()
     _check_ready(session, campaign, settings)
+    if campaign.started_at is None:
+        # Before any write: the DNS lookups must not hold the database's write lock.
+        ensure_fresh(
+            session,
+            account_id,
+            list_id=campaign.list_id,
+            segment_id=campaign.segment_id,
+            freshness_days=campaign.freshness_days,
+            timezone=settings.timezone,
+            checker=get_checker(settings),
+        )
     _transition(session, campaign, CampaignState.SENDING)
     now = utcnow()
     recipients = email_audience(
-        account_id, campaign.list_id, literal(account_id, Integer), literal(campaign_id, Integer)
+        session,
+        account_id,
+        literal(account_id, Integer),
+        literal(campaign_id, Integer),
+        list_id=campaign.list_id,
+        segment_id=campaign.segment_id,
     ).add_columns(
         literal("email", String),
         literal(MessageState.QUEUED.value, String),

@@ -9,14 +9,17 @@ their placeholder are refused.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -51,10 +54,77 @@ class CaptureSettings(BaseModel):
 
 
 class DnsSettings(BaseModel):
-    servers: list[str] = Field(default_factory=list, description="Resolvers; empty = system.")
-    port: int = Field(53, description="Port of the resolvers above.")
-    timeout_seconds: float = Field(3.0, description="Lifetime of one DNS query.")
-    cache_seconds: int = Field(300, description="Upper bound on how long answers are cached.")
+    """The resolvers address cleaning asks (MX, A, AAAA of every recipient domain)."""
+
+    servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description='Resolvers as "host", "host:port" or "[v6]:port" (IP addresses); also a '
+        'comma-separated string, as in MAILER_DNS_SERVERS="127.0.0.1:5353,10.0.0.1". '
+        "Empty = the system resolver (/etc/resolv.conf).",
+    )
+    port: int = Field(53, ge=1, le=65535, description="Port of servers given without one.")
+    timeout_seconds: float = Field(
+        3.0, gt=0, description="Lifetime of one DNS query; longer is reported unknown."
+    )
+    cache_seconds: int = Field(
+        300, ge=0, description="Upper bound on how long answers (also negative) are cached."
+    )
+    concurrency: int = Field(200, ge=1, description="DNS queries in flight at once.")
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _split_servers(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    pass  # "[::1]:53" is an address, not JSON
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("servers")
+    @classmethod
+    def _check_servers(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            DnsSettings.parse_server(entry, 53)
+        return value
+
+    @property
+    def nameservers(self) -> list[tuple[str, int]]:
+        """``(ip, port)`` of each configured resolver, in order."""
+        return [self.parse_server(entry, self.port) for entry in self.servers]
+
+    @staticmethod
+    def parse_server(entry: str, default_port: int) -> tuple[str, int]:
+        """``"10.0.0.1"``, ``"127.0.0.1:5353"``, ``"::1"`` or ``"[::1]:5353"`` -> ``(ip, port)``."""
+        text = entry.strip()
+        port_text: str | None = None
+        if text.startswith("["):
+            host, bracket, rest = text[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                host = ""  # refused below
+            elif rest:
+                port_text = rest[1:]
+        elif text.count(":") == 1:
+            host, _, port_text = text.partition(":")
+        else:
+            host = text  # a bare IPv4 or IPv6 address
+        try:
+            address = ipaddress.ip_address(host)
+            port = default_port if port_text is None else int(port_text)
+        except ValueError:
+            port = 0
+            address = None
+        if address is None or not 0 < port < 65536:
+            raise ConfigError(
+                'DNS server "{entry}" is not an IP address with an optional port '
+                "(host, host:port or [ipv6]:port)",
+                field="dns.servers",
+                entry=entry,
+            )
+        return str(address), port
 
 
 class Settings(BaseSettings):
@@ -123,6 +193,20 @@ class Settings(BaseSettings):
             env_settings,
             TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
         )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dns_servers_alias(cls, data: Any) -> Any:
+        # MAILER_DNS_SERVERS="127.0.0.1:5353,10.0.0.1" is the documented short form of
+        # MAILER_DNS__SERVERS; the nested form wins when both are set, and explicit
+        # DnsSettings objects passed in code are left alone.
+        alias = os.environ.get("MAILER_DNS_SERVERS")
+        if alias is None or "MAILER_DNS__SERVERS" in os.environ or not isinstance(data, dict):
+            return data
+        dns = data.get("dns")
+        if isinstance(dns, DnsSettings):
+            return data
+        return {**data, "dns": {**(dns if isinstance(dns, dict) else {}), "servers": alias}}
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

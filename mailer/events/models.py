@@ -18,11 +18,16 @@ class EventKind(StrEnum):
     DEFERRED = "deferred"
     FAILED = "failed"
     CAMPAIGN_STATE = "campaign_state"
+    OPENED = "opened"
+    CLICKED = "clicked"
 
 
 class Event(SQLModel, table=True):
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_campaign_kind", "campaign_id", "kind"),)
+    __table_args__ = (
+        Index("ix_events_campaign_kind", "campaign_id", "kind"),
+        Index("ix_events_contact_kind", "contact_id", "kind", "occurred_at"),
+    )
 
     id: int | None = Field(
         default=None,
@@ -31,6 +36,7 @@ class Event(SQLModel, table=True):
     account_id: int = Field(index=True)
     kind: str = Field(max_length=32)
     message_id: int | None = Field(default=None, index=True)
+    contact_id: int | None = None
     campaign_id: int | None = None
     occurred_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     data: dict[str, Any] = Field(default_factory=dict, sa_type=JsonDict)

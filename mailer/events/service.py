@@ -51,6 +51,7 @@ def append(
     *,
     campaign_id: int | None = None,
     message_id: int | None = None,
+    contact_id: int | None = None,
     **data: Any,
 ) -> None:
     session.add(
@@ -59,6 +60,7 @@ def append(
             kind=kind,
             campaign_id=campaign_id,
             message_id=message_id,
+            contact_id=contact_id,
             data=data,
         )
     )

@@ -28,7 +28,8 @@ MESSAGE_STATE = StateMachine[MessageState](
     "ledger row",
     {
         _M.QUEUED: frozenset({_M.SENDING, _M.CANCELLED, _M.FAILED}),
-        _M.SENDING: frozenset({_M.SENT, _M.DEFERRED, _M.FAILED, _M.QUEUED}),
+        # CANCELLED from SENDING: suppressed between the snapshot and the send.
+        _M.SENDING: frozenset({_M.SENT, _M.DEFERRED, _M.FAILED, _M.QUEUED, _M.CANCELLED}),
         _M.DEFERRED: frozenset({_M.SENDING, _M.FAILED, _M.CANCELLED}),
         _M.SENT: frozenset({_M.BOUNCED}),
         _M.FAILED: frozenset(),

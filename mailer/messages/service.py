@@ -169,6 +169,28 @@ def record_results(
 OPEN_STATES = (MessageState.QUEUED, MessageState.SENDING, MessageState.DEFERRED)
 
 
+def withdraw_claimed(
+    session: Session, claim: Claim, ids: Iterable[int], reason: str, *, now: datetime | None = None
+) -> Claim:
+    """Cancel claimed rows that must not be sent after all (the address was suppressed or
+    unsubscribed after the snapshot); returns the claim without them."""
+    withdrawn = set(ids)
+    if not withdrawn:
+        return claim
+    now = now or utcnow()
+    session.execute(
+        update(Message)
+        .where(
+            col(Message.id).in_(list(withdrawn)),
+            col(Message.claim_token) == claim.token,
+            col(Message.state) == MessageState.SENDING,
+        )
+        .values(state=MessageState.CANCELLED, reply_text=reason[:1000], updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return Claim(claim.token, [row for row in claim.rows if row.id not in withdrawn])
+
+
 def has_open_rows(session: Session, campaign_id: int) -> bool:
     """Whether the campaign still has rows to send (one index probe, run after every batch:
     counting a large campaign's rows there would cost a scan per batch)."""

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from sqlmodel import Session
 
 from mailer.audience.models import CHANNEL_STATUS, ChannelStatus, Contact
-from mailer.core.clock import utcnow
+from mailer.audience.service import set_channel_status
+from mailer.audience.suppression import SuppressionReason, suppress
 from mailer.core.errors import NotFound
 from mailer.core.tokens import sign, unsign
 from mailer.events.service import append as append_event
@@ -58,17 +59,29 @@ def unsubscribe(session: Session, secret: str, token: str, *, source: str) -> Un
     """Unsubscribe the contact a message went to, at once (idempotent)."""
     message, contact = _message_and_contact(session, secret, token)
     target = _target(message, contact)
-    if contact.email_status != ChannelStatus.UNSUBSCRIBED:
-        CHANNEL_STATUS.check(ChannelStatus(contact.email_status), ChannelStatus.UNSUBSCRIBED)
-        contact.email_status = ChannelStatus.UNSUBSCRIBED
-        contact.updated_at = utcnow()
-        session.add(contact)
+    if not target.already:
+        # The status when the machine allows it (an invalid address stays invalid), and the
+        # suppression list in every case: nothing reaches this address again.
+        if CHANNEL_STATUS.allowed(ChannelStatus(contact.email_status), ChannelStatus.UNSUBSCRIBED):
+            set_channel_status(
+                session, contact, "email", ChannelStatus.UNSUBSCRIBED, source=f"link:{source}"
+            )
+        else:
+            suppress(
+                session,
+                contact.account_id,
+                "email",
+                [contact.email],
+                SuppressionReason.UNSUBSCRIBED,
+                f"link:{source}",
+            )
         append_event(
             session,
             message.account_id,
             "unsubscribed",
             campaign_id=message.campaign_id,
             message_id=message.id,
+            contact_id=contact.id,
             source=source,
         )
     return target

@@ -8,7 +8,7 @@ from email.message import EmailMessage
 from email.policy import default as default_policy
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Form, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 
@@ -160,57 +160,7 @@ def list_detail(
     )
 
 
-@router.post("/lists/{list_id}/import", dependencies=[CsrfChecked])
-def list_import(
-    request: Request,
-    list_id: Id,
-    session: SessionDep,
-    principal: Editor,
-    file: Annotated[UploadFile, File()],
-    mode: Annotated[str, Form()] = "add_or_update",
-) -> HTMLResponse:
-    lst = audience.get_list(session, principal.account_id, list_id)
-    try:
-        report = audience.import_contacts(
-            session,
-            principal.account_id,
-            file.file,
-            list_id=list_id,
-            mode=mode,
-            filename=file.filename or "",
-            actor=principal.actor,
-        )
-    except MailerError as exc:
-        session.rollback()
-        return render(
-            request,
-            "list_detail.html",
-            status_code=422,
-            lst=lst,
-            contacts=[],
-            page=1,
-            members=audience.list_size(session, list_id),
-            import_error=tr(exc),
-        )
-    audit(
-        session,
-        principal,
-        "list.import",
-        f"list:{list_id}",
-        ip=client_ip(request),
-        file=file.filename,
-        rows=report.rows,
-        errors=len(report.errors),
-    )
-    session.commit()
-    return render(
-        request,
-        "import_report.html",
-        lst=lst,
-        report=report,
-        filename=file.filename or "",
-        row_reason=lambda row: row.message(portal_text),
-    )
+# The import itself (upload, column mapping, live progress, report) is in web/audience.py.
 
 
 @router.get("/imports/{import_id}/errors.csv")
@@ -310,8 +260,22 @@ def campaign_detail(
         campaign=campaign,
         counts=counts,
         template=template,
-        lst=audience.get_list(session, principal.account_id, campaign.list_id),
-        list_members=audience.list_size(session, campaign.list_id),
+        lst=(
+            audience.get_list(session, principal.account_id, campaign.list_id)
+            if campaign.list_id is not None
+            else None
+        ),
+        segment=(
+            audience.get_segment(session, principal.account_id, campaign.segment_id)
+            if campaign.segment_id is not None
+            else None
+        ),
+        audience_counts=audience.audience_counts(
+            session,
+            principal.account_id,
+            list_id=campaign.list_id,
+            segment_id=campaign.segment_id,
+        ),
         sample_subject=sample_subject(campaign.subject or template.subject),
         findings=template_findings(
             session,

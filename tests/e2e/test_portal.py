@@ -1,5 +1,7 @@
 """The portal in a real browser: log in, send the demo campaign through the capture relay,
-look at a captured message, import a CSV, edit templates and log out.
+look at a captured message, import a CSV, edit templates and log out; and a list manager's
+flow: a dirty Excel file mapped and imported with live progress, then a segment built with
+its live count.
 
 Every step leaves a full-page screenshot in ``tests/e2e/screenshots/`` (git-ignored) for a
 visual review.
@@ -8,12 +10,15 @@ visual review.
 from __future__ import annotations
 
 import contextlib
+import io
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from openpyxl import Workbook
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -21,6 +26,7 @@ from playwright.sync_api import (
     Dialog,
     Error,
     Page,
+    Response,
     ViewportSize,
     expect,
     sync_playwright,
@@ -230,20 +236,25 @@ def import_a_csv_with_a_bad_row(session: Session) -> None:
     expect(page.locator(".page-head")).to_contain_text(f"{DEMO_CONTACTS} contactos")
     session.shot("08-list-detail")
 
-    form = page.locator("form[action$='/import']")
+    form = page.locator("#import-form")
     form.locator("input[type=file]").set_input_files(
         {"name": "proveedores-nuevos.csv", "mimeType": "text/csv", "buffer": CSV}
     )
-    form.get_by_role("button", name="Importar").click()
+    form.get_by_role("button", name="Continuar").click()
     expect(page).to_have_url(re.compile(r"/lists/\d+/import$"))
+    expect(page.get_by_label("Importar «email» como")).to_have_value("email")
+    expect(page.get_by_label("Importar «nombre» como")).to_have_value("first_name")
+    page.get_by_role("button", name="Importar", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/imports/\d+$"))
+    expect(page.locator("#import-report")).to_be_visible(timeout=30_000)
 
     def stat(label: str) -> str:
         caption = page.locator("span", has_text=re.compile(f"^{label}$"))
         return page.locator(".stat", has=caption).locator(".num").inner_text()
 
-    assert stat("Filas leídas") == "2"
-    assert stat("Nuevos") == "1"
-    assert stat("Filas con errores") == "1"
+    assert stat("Filas") == "2"
+    assert stat("Creados") == "1"
+    assert stat("Errores") == "1"
     errors = page.locator("#import-errors tbody tr")
     expect(errors).to_have_count(1)
     expect(errors.first.locator("td").first).to_have_text("3")
@@ -349,3 +360,171 @@ def log_out(session: Session) -> None:
     session.goto("/")
     expect(page).to_have_url(session.portal.url("/login"))
     expect(page.locator("header.topbar")).to_have_count(0)
+
+
+# -- a list manager's flow: a dirty Excel file, mapped, imported live; a segment built ------
+
+BIG_IMPORT_ROWS = 12_000  # enough for the progress bar to be seen moving
+
+
+def dirty_workbook(rows: int) -> bytes:
+    """An office export: blank rows above the headers, headers nobody standardised, a RUC
+    sometimes typed as a number, a column without data."""
+    book = Workbook(write_only=True)
+    sheet = book.create_sheet("Directorio")
+    sheet.append([])
+    sheet.append([])
+    sheet.append(["N°", "E-mail", "Apellidos y nombres", "Entidad", "RUC", "Observación"])
+    for i in range(rows):
+        entity = f"Municipalidad Provincial {i % 40}" if i % 2 else f"Gobierno Regional {i % 25}"
+        ruc: int | str = 20131380951 + i if i % 3 else str(20131380951 + i)
+        sheet.append(
+            [i + 1, f"mesa{i:05d}@entidad{i % 60}.gob.pe", f"Apellido{i} Nombre", entity, ruc, None]
+        )
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
+def log_in(session: Session) -> None:
+    page = session.page
+    session.goto("/login")
+    page.get_by_label("Correo electrónico").fill(session.portal.email)
+    page.get_by_label("Contraseña").fill(session.portal.password)
+    page.get_by_role("button", name="Ingresar").click()
+    expect(page).to_have_url(session.portal.url("/"))
+
+
+def fits_a_phone(session: Session, name: str) -> None:
+    """The current page at 375 px: nothing wider than the screen (tables scroll inside
+    their box), then back to the desktop size."""
+    page = session.page
+    page.set_viewport_size(PHONE)
+    try:
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"{page.url} is {width} px wide on a phone"
+        session.shot(name)
+    finally:
+        page.set_viewport_size(DESKTOP)
+
+
+def test_list_manager_flow(session: Session) -> None:
+    log_in(session)
+    import_a_dirty_excel_file(session)
+    build_a_segment_with_a_live_count(session)
+    print("console errors:", *session.console_errors, sep="\n  ")
+    assert not session.script_errors, "\n".join(session.script_errors)
+
+
+def import_a_dirty_excel_file(session: Session) -> None:
+    page = session.page
+    page.get_by_role("navigation").get_by_role("link", name="Listas").click()
+    page.get_by_role("link", name=DEMO_LIST).click()
+    form = page.locator("#import-form")
+    form.locator("input[type=file]").set_input_files(
+        {
+            "name": "directorio-entidades.xlsx",
+            "mimeType": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            "buffer": dirty_workbook(BIG_IMPORT_ROWS),
+        }
+    )
+    form.get_by_role("button", name="Continuar").click()
+    expect(page).to_have_url(re.compile(r"/lists/\d+/import$"))
+    expect(page.locator("#file-facts")).to_contain_text("libro de Excel (.xlsx)")
+    expect(page.locator("#sample-rows tbody tr")).to_have_count(5)
+    # The automatic mapping found the address, the entity and the RUC ...
+    expect(page.get_by_label("Importar «E-mail» como")).to_have_value("email")
+    expect(page.get_by_label("Importar «Entidad» como")).to_have_value("company")
+    expect(page.get_by_label("Importar «RUC» como")).to_have_value("document")
+    names = page.get_by_label("Importar «Apellidos y nombres» como")
+    expect(names).to_have_value("attr:apellidos_y_nombres")
+    # ... and the list manager fixes the rest.
+    names.select_option(label="Apellido")
+    page.get_by_label("Importar «N°» como").select_option(label="No importar")
+    session.shot("20-import-mapping")
+    fits_a_phone(session, "20b-import-mapping-phone")
+
+    progress: list[dict[str, Any]] = []
+
+    def note(response: Response) -> None:
+        if re.search(r"/imports/\d+/progress$", response.url) and response.ok:
+            progress.append(response.json())
+
+    page.on("response", note)
+    page.get_by_role("button", name="Importar", exact=True).click()
+    expect(page).to_have_url(re.compile(r"/imports/\d+$"))
+    bar = page.locator("#import-progress")
+    expect(bar).to_be_visible()
+    session.shot("21-import-progress")
+    expect(page.locator("#import-report")).to_be_visible(timeout=120_000)
+    page.remove_listener("response", note)
+    # The bar was polled up to the end, never going back.
+    assert progress and progress[-1]["finished"] and progress[-1]["fraction"] == 1.0
+    fractions = [p["fraction"] for p in progress]
+    assert fractions == sorted(fractions), fractions
+
+    def stat(key: str) -> str:
+        return page.locator(f"[data-stat={key}] .num").inner_text()
+
+    assert stat("rows") == str(BIG_IMPORT_ROWS)
+    assert stat("created") == str(BIG_IMPORT_ROWS)
+    assert stat("added_to_list") == str(BIG_IMPORT_ROWS)
+    assert stat("errors") == "0"
+    page.locator("summary", has_text="Columnas importadas").click()
+    expect(page.locator("details")).to_contain_text("Apellidos y nombres")
+    session.shot("22-import-report")
+    fits_a_phone(session, "22b-import-report-phone")
+
+
+def build_a_segment_with_a_live_count(session: Session) -> None:
+    page = session.page
+    page.get_by_role("navigation").get_by_role("link", name="Segmentos").click()
+    expect(page).to_have_url(session.portal.url("/segments"))
+    page.get_by_role("link", name="Nuevo segmento").click()
+    expect(page).to_have_url(session.portal.url("/segments/new"))
+    count = page.locator("#segment-count")
+    expect(count).to_contain_text("contactos coinciden")
+    everyone = count.inner_text()
+    page.get_by_label("Nombre").fill("Municipalidades provinciales (e2e)")
+
+    page.get_by_role("button", name="Agregar condición").click()
+    row = page.locator("#rule-rows li").first
+    expect(row.get_by_label("Campo")).to_have_value("company")
+    expect(row.get_by_label("Operador")).to_have_value("contains")
+    # An empty value is a condition not finished yet: said in the count, on its row.
+    expect(count).to_have_text("Condición 1: indique un valor para comparar")
+    expect(row).to_have_class(re.compile("invalid"))
+    row.get_by_label("Valor").fill("Municipalidad Provincial")
+    half = BIG_IMPORT_ROWS // 2
+    expect(count).to_have_text(f"{half:,} contactos coinciden · {half:,} pueden recibir correo")
+    assert count.inner_text() != everyone
+    session.shot("23-segment-builder")
+
+    # A second condition on a status field: its value is a list of statuses.
+    page.get_by_role("button", name="Agregar condición").click()
+    second = page.locator("#rule-rows li").nth(1)
+    second.get_by_label("Campo").select_option(label="Estado (correo)")
+    expect(second.get_by_label("Operador")).to_have_value("eq")
+    expect(second.get_by_label("Valor")).to_have_value("active")
+    expect(count).to_have_text(f"{half:,} contactos coinciden · {half:,} pueden recibir correo")
+    second.get_by_label("Valor").select_option(label="De baja")
+    expect(count).to_have_text("0 contactos coinciden · 0 pueden recibir correo")
+    second.get_by_role("button", name="Quitar condición").click()
+    expect(page.locator("#rule-rows li")).to_have_count(1)
+    expect(count).to_have_text(f"{half:,} contactos coinciden · {half:,} pueden recibir correo")
+
+    page.get_by_role("button", name="Guardar segmento").click()
+    expect(page).to_have_url(re.compile(r"/segments/\d+$"))
+    expect(page.locator(".flash")).to_contain_text("guardado")
+    expect(page.locator("#rule-rows li").first.get_by_label("Valor")).to_have_value(
+        "Municipalidad Provincial"
+    )
+    expect(count).to_have_text(f"{half:,} contactos coinciden · {half:,} pueden recibir correo")
+    session.shot("24-segment-saved")
+    fits_a_phone(session, "25-segment-phone")
+
+    page.get_by_role("navigation").get_by_role("link", name="Segmentos").click()
+    listing = page.locator("#segments tbody tr", has_text="Municipalidades provinciales (e2e)")
+    expect(listing).to_contain_text("Empresa contiene Municipalidad Provincial")
+    expect(listing.locator("td.num").first).to_have_text(str(half))
+    session.shot("26-segments")

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import dramatiq
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
@@ -20,6 +21,7 @@ from mailer.messages.models import Message
 from mailer.messages.service import pending_ids
 from mailer.storage.db import session_scope
 from mailer.tracking.service import unsubscribe_url
+from mailer.workers import start_worker
 from tests.helpers import World, build_world, start_recording_relay
 
 PASSWORD = "una clave larga 123"
@@ -187,17 +189,43 @@ def test_schedule_in_the_account_time_zone(client: TestClient, world: World) -> 
 
 
 def test_import_report_in_spanish_and_downloadable(client: TestClient, world: World) -> None:
+    """The list page's import form: columns mapped, the import queued, run by a worker, and
+    its report with the rejected rows in Spanish, downloadable for Excel."""
     login(client, "editor@example.pe")
     token = csrf(client, f"/lists/{world.list_id}")
     csv = (
         "correo;nombre\nbueno@example.pe;Bueno\nsin-arroba;Malo\n"
         "malo@@example.pe;Peor\nx@y.pe;A;B\n"
     )
-    report = client.post(
+    mapping = client.post(
         f"/lists/{world.list_id}/import",
         data={"csrf_token": token, "mode": "add_or_update"},
         files={"file": ("proveedores.csv", csv.encode("cp1252"), "text/csv")},
     )
+    assert mapping.status_code == 200
+    assert f'action="/lists/{world.list_id}/import/confirm"' in mapping.text
+    stored = re.search(r'name="upload" value="([^"]+)"', mapping.text)
+    assert stored
+    queued = client.post(
+        f"/lists/{world.list_id}/import/confirm",
+        data={
+            "csrf_token": token,
+            "upload": stored.group(1),
+            "filename": "proveedores.csv",
+            "mode": "add_or_update",
+            "column": ["email", "first_name"],
+        },
+        follow_redirects=False,
+    )
+    assert queued.status_code == 303
+    broker = dramatiq.get_broker()
+    worker = start_worker(broker, 1)
+    try:
+        broker.join("audience", timeout=30_000, fail_fast=True)  # type: ignore[attr-defined]
+        worker.join()
+    finally:
+        worker.stop()
+    report = client.get(queued.headers["location"])
     assert report.status_code == 200
     assert "Falta la @ en la dirección." in report.text
     assert "la fila tiene 3 columnas y el encabezado 2" in report.text

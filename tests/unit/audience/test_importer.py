@@ -54,12 +54,12 @@ def test_bad_rows_reported_by_line_good_rows_imported(
         "email": "email",
         "nombre": "first_name",
         "empresa": "company",
-        "ruc": "attr:ruc",
+        "ruc": "document",
     }
     with session_scope() as session:
         assert list_size(session, list_id) == 3
         luis = session.exec(select(Contact).where(Contact.email == "luis@example.pe")).one()
-        assert luis.company == "Servicios, S.A.C." and luis.attributes == {"ruc": "20100000002"}
+        assert luis.company == "Servicios, S.A.C." and luis.document == "20100000002"
     # The same file again changes nothing.
     with session_scope() as session:
         again = import_contacts(session, account_id, csv_file, list_id=list_id)
@@ -84,7 +84,8 @@ def test_windows_1252_semicolons_and_bom(tmp_path: Path, account_and_list: tuple
     assert second.encoding == "utf-8-sig" and second.created == 1
     with session_scope() as session:
         jose = session.exec(select(Contact).where(Contact.email == "jose@example.pe")).one()
-        assert (jose.first_name, jose.last_name, jose.phone) == ("José", "Núñez", "987654321")
+        assert (jose.first_name, jose.last_name, jose.phone) == ("José", "Núñez", "+51987654321")
+        assert jose.phone_kind == "mobile" and jose.email_domain == "example.pe"
         zoe = session.exec(select(Contact).where(Contact.email == "zoe@example.pe")).one()
         assert zoe.first_name == "Zoë"
 
