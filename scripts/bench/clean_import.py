@@ -39,9 +39,8 @@ def generate(path: Path, rows: int, domains: list[str]) -> None:
             if i % 100_000 == 2:
                 domain = "gmial.com"  # a typo
             phone = f"9{rng.randrange(10**8):08d}"
-            out.write(
-                f"{local}@{domain},Nombre {i},Apellido,{phone},Empresa {i % 5000} S.A.C.,20{i:09d}\n"
-            )
+            company = f"Empresa {i % 5000} S.A.C."
+            out.write(f"{local}@{domain},Nombre {i},Apellido,{phone},{company},20{i:09d}\n")
         out.write(f"persona3@{domains[3]},Duplicado,,,,\n")
 
 
