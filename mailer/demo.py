@@ -132,6 +132,9 @@ def setup_demo(settings: Settings, *, password: str) -> DemoResult:
                 list_id=lst.id,
                 from_email=f"boletin@{DEMO_DOMAIN}",
                 from_name="Entidad Demo",
+                # The demo addresses are at example.pe, which has no mail servers: the
+                # demo campaign goes to the capture relay without cleaning.
+                freshness_days=-1,
                 created_by="demo",
             )
             campaign_id = campaign.id

@@ -41,7 +41,7 @@ from mailer.cleaning.verdicts import (
 )
 from mailer.core.clock import utcnow
 from mailer.core.config import DnsSettings, Settings
-from mailer.core.errors import NotFound, ValidationFailed
+from mailer.core.errors import MailerError, NotFound, ValidationFailed
 
 PAGE = 5000
 DOMAIN_SLICE = 2000
@@ -255,8 +255,23 @@ def run_cleaning(session: Session, run_id: int, checker: DomainChecker) -> Clean
         session.add(run)
         session.commit()
 
-    where = target_where(session, run.account_id, list_id=run.list_id, segment_id=run.segment_id)
-    tally = clean_contacts(session, run.account_id, where, checker, progress=progress)
+    try:
+        where = target_where(
+            session, run.account_id, list_id=run.list_id, segment_id=run.segment_id
+        )
+        tally = clean_contacts(session, run.account_id, where, checker, progress=progress)
+    except Exception as exc:
+        session.rollback()
+        run = session.get(CleaningRun, run_id)
+        assert run is not None
+        run.status = "failed"
+        run.error = (exc.message if isinstance(exc, MailerError) else repr(exc))[:1000]
+        run.finished_at = utcnow()
+        session.add(run)
+        session.commit()
+        if not isinstance(exc, MailerError):
+            raise
+        return run
     run.counts = tally.as_json()
     run.status = "done"
     run.total = run.done = tally.total

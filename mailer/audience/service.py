@@ -714,9 +714,15 @@ def queue_import(
             field="mode",
             mode=mode,
         )
-    if mapping:
-        with open_table(stored_path, filename) as table:
-            check_mapping(table.headers, mapping)
+    with open_table(stored_path, filename) as table:
+        columns = check_mapping(table.headers, mapping) if mapping else map_columns(table.headers)
+        if "email" not in columns.values():
+            raise ValidationFailed(
+                "no e-mail column found: name one column 'email' or 'correo', or map one "
+                "(headers seen: {headers})",
+                field="mapping",
+                headers=", ".join(table.headers),
+            )
     record = ContactImport(
         account_id=account_id,
         list_id=list_id,
@@ -765,14 +771,19 @@ def run_import(session: Session, import_id: int) -> ContactImport:
             filename=record.filename,
             record=record,
         )
-    except MailerError as exc:
+    except Exception as exc:
+        # Recorded as failed (the page stops polling and says why); a MailerError is the
+        # file's fault and final, anything else is raised again for the queue to retry.
         session.rollback()
         record = session.get(ContactImport, import_id)
         assert record is not None
         record.status = "failed"
-        record.error = exc.message[:1000]
+        record.error = (exc.message if isinstance(exc, MailerError) else repr(exc))[:1000]
         record.finished_at = utcnow()
         session.add(record)
+        session.commit()
+        if not isinstance(exc, MailerError):
+            raise
     session.commit()
     path.unlink(missing_ok=True)
     return record

@@ -23,6 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col
 
 from mailer.audience.models import Contact, Suppression
+from mailer.cleaning.phones import check_phone
 from mailer.core.clock import utcnow
 from mailer.core.errors import ValidationFailed
 
@@ -51,8 +52,13 @@ CHANNELS = ("email", "sms")
 
 
 def normalise_value(channel: str, value: str) -> str:
+    """Addresses in lower case; phones in E.164 when they are valid (as contacts store them),
+    so "987 654 321" and "+51987654321" are one entry."""
     value = value.strip()
-    return value.lower() if channel == "email" else value.replace(" ", "")
+    if channel == "email":
+        return value.lower()
+    checked = check_phone(value)
+    return checked.e164 if checked.ok else value.replace(" ", "")
 
 
 def value_hash(channel: str, value: str) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, REPO, free_port
+from tests.conftest import CLOSED_DNS_PORT, IN_CI, REPO, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -109,6 +109,8 @@ def _server_env(workdir: Path, http_port: int, capture_port: int) -> dict[str, s
         MAILER_RELAY__PORT=str(capture_port),
         MAILER_SECRET_KEY="e2e-test-secret-" + "k" * 32,
         MAILER_CONFIG=str(workdir / "absent.toml"),
+        # Nothing leaves the machine: DNS lookups go to a closed local port.
+        MAILER_DNS_SERVERS=f"127.0.0.1:{CLOSED_DNS_PORT}",
         NO_COLOR="1",
         TERM="dumb",
         COLUMNS="200",

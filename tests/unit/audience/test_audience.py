@@ -366,3 +366,14 @@ def test_seen_table_finds_duplicates_and_grows() -> None:
     assert all(seen.add(a) for a in addresses)
     assert not any(seen.add(a) for a in addresses[::97])
     assert seen.add("otra@example.pe")
+
+
+def test_phones_are_suppressed_in_the_form_contacts_store_them(
+    world: tuple[int, int, int],
+) -> None:
+    account_id, _, _ = world
+    with session_scope() as session:
+        suppress(session, account_id, "sms", ["987 654 321"], "unsubscribed", "test")
+        assert is_suppressed(session, account_id, "sms", "+51987654321")
+        assert is_suppressed(session, account_id, "sms", "0051-987-654-321")
+        assert not is_suppressed(session, account_id, "sms", "+51987654322")
