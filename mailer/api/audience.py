@@ -3,10 +3,7 @@ suppression, imports and cleaning."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
@@ -14,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from mailer.accounts.service import audit
 from mailer.api.deps import Editor, Id, Limit, Locale, Offset, Reader, Sender, SessionDep
+from mailer.api.schemas import RowErrorOut
 from mailer.audience import clean, service
 from mailer.audience import tasks as audience_tasks
 from mailer.audience.models import CleaningRun, Contact, ContactImport, Segment
@@ -25,7 +23,6 @@ from mailer.audience.suppression import (
     unsuppress,
 )
 from mailer.cleaning.dns import clean_addresses
-from mailer.core.config import Settings
 from mailer.core.errors import ValidationFailed
 from mailer.core.i18n import localise_text
 from mailer.core.queue import enqueue
@@ -190,13 +187,6 @@ class SuppressionPageOut(BaseModel):
 
 class AddedOut(BaseModel):
     added: int
-
-
-class RowErrorOut(BaseModel):
-    line: int
-    column: str
-    value: str
-    reason: str
 
 
 class ImportStatusOut(BaseModel):
@@ -535,17 +525,6 @@ def _import_out(record: ContactImport, locale: str, with_errors: bool = True) ->
     )
 
 
-def store_upload(settings: Settings, upload: UploadFile) -> Path:
-    """Keep an uploaded file in the data directory until its import has run."""
-    folder = settings.data_dir / "uploads"
-    folder.mkdir(parents=True, exist_ok=True)
-    suffix = Path(upload.filename or "").suffix.lower()[:8]
-    handle = tempfile.NamedTemporaryFile(dir=folder, suffix=suffix, delete=False)  # noqa: SIM115
-    with handle:
-        shutil.copyfileobj(upload.file, handle)
-    return Path(handle.name)
-
-
 @router.post(
     "/lists/{list_id}/imports",
     response_model=ImportStatusOut,
@@ -573,7 +552,8 @@ def queue_list_import(
         raise ValidationFailed(
             "mapping must be a JSON object of header: field pairs", field="mapping"
         )
-    path = store_upload(request.app.state.settings, file)
+    settings = request.app.state.settings
+    path = service.store_upload(settings.data_dir / "uploads", file.filename or "", file.file)
     try:
         record = service.queue_import(
             session,

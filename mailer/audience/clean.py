@@ -27,6 +27,7 @@ from sqlmodel import Session, col
 
 from mailer.audience.importer import SeenTable, map_columns
 from mailer.audience.models import ChannelStatus, CleaningRun, Contact, ListMember
+from mailer.audience.service import target_filter
 from mailer.audience.suppression import not_suppressed, suppressed_among
 from mailer.audience.tables import Row, RowProblem, open_table, write_table
 from mailer.cleaning.dns import DomainChecker
@@ -40,7 +41,7 @@ from mailer.cleaning.verdicts import (
     Verdict,
 )
 from mailer.core.clock import utcnow
-from mailer.core.config import DnsSettings, Settings
+from mailer.core.config import Settings
 from mailer.core.errors import MailerError, NotFound, ValidationFailed
 
 PAGE = 5000
@@ -59,10 +60,6 @@ def get_checker(settings: Settings) -> DomainChecker:
         if checker is None:
             checker = _checkers[key] = DomainChecker(settings.dns)
         return checker
-
-
-def new_checker(dns: DnsSettings) -> DomainChecker:
-    return DomainChecker(dns)
 
 
 @dataclass(slots=True)
@@ -210,14 +207,6 @@ def clean_contacts(
     return tally
 
 
-def target_where(
-    session: Session, account_id: int, *, list_id: int | None, segment_id: int | None
-) -> list[ColumnElement[bool]]:
-    from mailer.audience.service import target_filter
-
-    return target_filter(session, account_id, list_id=list_id, segment_id=segment_id)
-
-
 def start_cleaning(
     session: Session,
     account_id: int,
@@ -229,7 +218,8 @@ def start_cleaning(
     """Record a cleaning to be run by a worker (:func:`run_cleaning`)."""
     if list_id is None and segment_id is None:
         raise ValidationFailed("choose a list or a segment to clean", field="list_id")
-    target_where(session, account_id, list_id=list_id, segment_id=segment_id)  # exists?
+    # Refuses a list or segment of another account.
+    target_filter(session, account_id, list_id=list_id, segment_id=segment_id)
     run = CleaningRun(
         account_id=account_id, list_id=list_id, segment_id=segment_id, created_by=actor
     )
@@ -256,7 +246,7 @@ def run_cleaning(session: Session, run_id: int, checker: DomainChecker) -> Clean
         session.commit()
 
     try:
-        where = target_where(
+        where = target_filter(
             session, run.account_id, list_id=run.list_id, segment_id=run.segment_id
         )
         tally = clean_contacts(session, run.account_id, where, checker, progress=progress)
@@ -390,7 +380,7 @@ def ensure_fresh(
         return None
     cutoff = freshness_cutoff(freshness_days, timezone)
     where = [
-        *target_where(session, account_id, list_id=list_id, segment_id=segment_id),
+        *target_filter(session, account_id, list_id=list_id, segment_id=segment_id),
         col(Contact.email_status).in_([ChannelStatus.ACTIVE, ChannelStatus.INVALID]),
         (col(Contact.cleaned_at).is_(None)) | (col(Contact.cleaned_at) < cutoff),
     ]

@@ -301,9 +301,6 @@ def import_file(
     return report
 
 
-import_csv = import_file  # the name callers of the first version use
-
-
 class _RowParser:
     """Turns a row of text values into a contact dict, reporting what it cannot use."""
 

@@ -314,10 +314,10 @@ def _condition(
         if op == "neq":
             return column != value  # type: ignore[no-any-return]
         return column.in_(value) if op == "in" else column.not_in(value)  # type: ignore[no-any-return]
-    return _text(column, op, value, empty_is_null=False)
+    return _text(column, op, value)
 
 
-def _text(column: Any, op: str, value: Any, *, empty_is_null: bool) -> ColumnElement[bool]:
+def _text(column: Any, op: str, value: Any) -> ColumnElement[bool]:
     if op in {"empty", "not_empty"}:
         blank = func.coalesce(column, "") == ""
         return blank if op == "empty" else not_(blank)
@@ -386,7 +386,7 @@ def _attribute(name: str, kind: str, op: str, value: Any) -> ColumnElement[bool]
             "eq": lambda: day == value,
         }
         return cast(ColumnElement[bool], dates[op]())
-    return _text(element.as_string(), op, value, empty_is_null=True)
+    return _text(element.as_string(), op, value)
 
 
 def _engagement(op: str, value: Any) -> ColumnElement[bool]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import secrets
+import shutil
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import ColumnElement, Select, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 from sqlmodel import select as sm_select
@@ -39,8 +42,8 @@ from mailer.audience.models import (
 )
 from mailer.audience.segments import compile_rules, validate_rules
 from mailer.audience.suppression import (
-    CHANNELS,
     SuppressionReason,
+    check_channel,
     is_suppressed,
     not_suppressed,
     suppress,
@@ -326,10 +329,7 @@ def record_consent(
 ) -> Consent:
     """Keep the proof of a consent given or withdrawn (Ley 29733, art. 13-14); a withdrawal
     unsubscribes the channel at once, a new consent re-activates an unsubscribed one."""
-    if channel not in CHANNELS:
-        raise ValidationFailed(
-            "unknown channel '{channel}': use email or sms", field="channel", channel=channel
-        )
+    check_channel(channel)
     assert contact.id is not None
     consent = Consent(
         account_id=contact.account_id,
@@ -596,21 +596,22 @@ def count_matching(
     """Live count for the segment builder: contacts matching, and how many of them can be
     sent to on the channel now (active, not suppressed, address not invalid)."""
     checked = check_rules(session, account_id, rules)
-    where = [
-        col(Contact.account_id) == account_id,
-        compile_rules(checked, attribute_types(session, account_id)),
-    ]
-    matching = int(
-        session.execute(select(func.count()).select_from(Contact).where(*where)).scalar_one()
+    return _reach(
+        session, account_id, [compile_rules(checked, attribute_types(session, account_id))], channel
     )
-    sendable = int(
-        session.execute(
-            select(func.count())
-            .select_from(Contact)
-            .where(*where, *sendable_filter(account_id, channel))
-        ).scalar_one()
-    )
-    return {"matching": matching, "sendable": sendable}
+
+
+def _reach(
+    session: Session, account_id: int, where: list[ColumnElement[bool]], channel: str
+) -> dict[str, int]:
+    """Contacts matching *where*, and how many of them may receive *channel*, in one query."""
+    sendable = case((and_(*sendable_filter(account_id, channel)), 1), else_=0)
+    matching, reachable = session.execute(
+        select(func.count(), func.coalesce(func.sum(sendable), 0))
+        .select_from(Contact)
+        .where(col(Contact.account_id) == account_id, *where)
+    ).one()
+    return {"matching": int(matching), "sendable": int(reachable)}
 
 
 def import_contacts(
@@ -692,6 +693,19 @@ def preview_file(path: Path, filename: str = "", sample: int = 5) -> dict[str, A
             "mapping": map_columns(table.headers),
             "rows": rows,
         }
+
+
+def store_upload(folder: Path, filename: str, stream: IO[bytes]) -> Path:
+    """Keep an uploaded contact file in *folder* until its import has run, under an
+    unguessable name that keeps only a plain suffix of the user's file name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = Path(re.split(r"[\\/]", filename)[-1]).suffix.lower()
+    if not re.fullmatch(r"\.[a-z0-9]{1,5}", suffix):
+        suffix = ""
+    path = folder / (secrets.token_hex(16) + suffix)
+    with path.open("xb") as out:
+        shutil.copyfileobj(stream, out)
+    return path
 
 
 def queue_import(
@@ -876,21 +890,8 @@ def audience_counts(
     channel: str = "email",
 ) -> dict[str, int]:
     """Contacts targeted, and how many of them can receive the channel now."""
-    where = [
-        col(Contact.account_id) == account_id,
-        *target_filter(session, account_id, list_id=list_id, segment_id=segment_id),
-    ]
-    total = int(
-        session.execute(select(func.count()).select_from(Contact).where(*where)).scalar_one()
-    )
-    sendable = int(
-        session.execute(
-            select(func.count())
-            .select_from(Contact)
-            .where(*where, *sendable_filter(account_id, channel))
-        ).scalar_one()
-    )
-    return {"matching": total, "sendable": sendable}
+    where = target_filter(session, account_id, list_id=list_id, segment_id=segment_id)
+    return _reach(session, account_id, where, channel)
 
 
 def attribute_names(session: Session, account_id: int, *, sample: int = 500) -> set[str]:

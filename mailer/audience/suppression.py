@@ -69,7 +69,7 @@ def value_hash(channel: str, value: str) -> str:
     return digest.hexdigest()
 
 
-def _check_channel(channel: str) -> None:
+def check_channel(channel: str) -> None:
     if channel not in CHANNELS:
         raise ValidationFailed(
             "unknown channel '{channel}': use email or sms", field="channel", channel=channel
@@ -87,7 +87,7 @@ def suppress(
     keep_value: bool = True,
 ) -> int:
     """Add entries (existing ones are kept as they are); returns how many were new."""
-    _check_channel(channel)
+    check_channel(channel)
     if reason not in set(SuppressionReason):
         raise ValidationFailed(
             "unknown suppression reason '{reason}'", field="reason", reason=reason
@@ -108,21 +108,22 @@ def suppress(
         }
     if not rows:
         return 0
-    before = count_suppressions(session, account_id, channel)
+    existing = _stored_hashes(session, account_id, channel, list(rows))
+    new = [row for digest, row in rows.items() if digest not in existing]
+    if not new:
+        return 0
     dialect = session.get_bind().dialect.name
     statement = (pg_insert if dialect == "postgresql" else sqlite_insert)(Suppression)
     now = utcnow()
-    session.execute(
-        statement.on_conflict_do_nothing(),
-        [{**row, "created_at": now} for row in rows.values()],
-    )
-    return count_suppressions(session, account_id, channel) - before
+    # ON CONFLICT: a concurrent writer may have added the same entry since the SELECT.
+    session.execute(statement.on_conflict_do_nothing(), [{**row, "created_at": now} for row in new])
+    return len(new)
 
 
 def unsuppress(session: Session, account_id: int, channel: str, value: str) -> bool:
     """Remove an entry (a person who opted in again); erased entries cannot be removed by
     value, which is the point of them."""
-    _check_channel(channel)
+    check_channel(channel)
     result = session.execute(
         delete(Suppression).where(
             col(Suppression.account_id) == account_id,
@@ -148,18 +149,26 @@ def suppressed_among(
     by_hash: dict[str, list[str]] = {}
     for value in values:
         by_hash.setdefault(value_hash(channel, value), []).append(value)
+    return {
+        value
+        for digest in _stored_hashes(session, account_id, channel, list(by_hash))
+        for value in by_hash[digest]
+    }
+
+
+def _stored_hashes(session: Session, account_id: int, channel: str, hashes: list[str]) -> set[str]:
+    """The given hashes that have an entry (in chunks: SQLite caps bound parameters)."""
     found: set[str] = set()
-    hashes = list(by_hash)
     for start in range(0, len(hashes), 900):
-        chunk = hashes[start : start + 900]
-        for digest in session.execute(
-            select(col(Suppression.value_hash)).where(
-                col(Suppression.account_id) == account_id,
-                col(Suppression.channel) == channel,
-                col(Suppression.value_hash).in_(chunk),
-            )
-        ).scalars():
-            found.update(by_hash[digest])
+        found.update(
+            session.execute(
+                select(col(Suppression.value_hash)).where(
+                    col(Suppression.account_id) == account_id,
+                    col(Suppression.channel) == channel,
+                    col(Suppression.value_hash).in_(hashes[start : start + 900]),
+                )
+            ).scalars()
+        )
     return found
 
 

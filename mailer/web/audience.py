@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import shutil
 import tempfile
 import time
@@ -122,24 +121,16 @@ def _staging(settings: Settings, account_id: int) -> Path:
 
 
 def _store_upload(settings: Settings, account_id: int, upload: UploadFile) -> tuple[str, Path]:
-    """Keep an uploaded file until its mapping is confirmed, under an unguessable name.
-
-    Like ``mailer.api.audience.store_upload``, which this layer may not import (the API and
-    the portal are independent layers)."""
+    """Keep an uploaded file until its mapping is confirmed (unconfirmed ones are removed
+    after a day)."""
     folder = _staging(settings, account_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    cutoff = time.time() - UPLOAD_MAX_AGE
-    for old in folder.iterdir():
-        if old.is_file() and old.stat().st_mtime < cutoff:
-            old.unlink(missing_ok=True)
-    suffix = Path(_base_name(upload.filename or "")).suffix.lower()
-    if not re.fullmatch(r"\.[a-z0-9]{1,5}", suffix):
-        suffix = ""
-    name = secrets.token_hex(16) + suffix
-    path = folder / name
-    with path.open("xb") as out:
-        shutil.copyfileobj(upload.file, out)
-    return name, path
+    if folder.is_dir():
+        cutoff = time.time() - UPLOAD_MAX_AGE
+        for old in folder.iterdir():
+            if old.is_file() and old.stat().st_mtime < cutoff:
+                old.unlink(missing_ok=True)
+    path = service.store_upload(folder, upload.filename or "", upload.file)
+    return path.name, path
 
 
 def _staged_upload(settings: Settings, account_id: int, name: str) -> Path:
