@@ -34,6 +34,7 @@ from mailer.web.audience import router as audience_web_router
 from mailer.web.routes import error_page, invalid_form
 from mailer.web.routes import router as web_router
 from mailer.web.studio import router as studio_router
+from mailer.web.tracking import router as tracking_router
 from mailer.workers import broker_reachable, configure_broker, queue_depth
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audience_api_router)
     app.include_router(studio_router)
     app.include_router(audience_web_router)
+    app.include_router(tracking_router)
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -674,6 +674,151 @@ def campaign_send(
     console.print(counts)
 
 
+def _duration(seconds: int | None) -> str:
+    if seconds is None:
+        return "—"
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s"
+
+
+def _print_progress(campaign_id: int, progress: dict[str, Any]) -> None:
+    rate = f"{progress['rate_per_hour']:,}".replace(",", " ")
+    console.print(f"[bold]Campaña {campaign_id}[/]: {progress['state']}")
+    console.print(
+        f"  enviados {progress['sent']} de {progress['total']} · pendientes "
+        f"{progress['pending']} · diferidos {progress['deferred']} · fallidos "
+        f"{progress['failed'] + progress['bounced']}"
+    )
+    console.print(f"  ritmo {rate} por hora · tiempo estimado {_duration(progress['eta_seconds'])}")
+    if progress["state_reason"]:
+        console.print(f"  [yellow]{progress['state_reason']}[/]")
+
+
+@campaign_app.command("status")
+def campaign_status(
+    campaign_id: int,
+    account: int | None = None,
+    watch: Annotated[bool, typer.Option(help="Refresh every 2 s until it stops sending.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Progress of a campaign: sent, pending, deferred, failed, rate and time left."""
+    import json
+
+    from mailer.campaigns.service import campaign_progress, get_campaign
+    from mailer.storage.db import session_scope
+
+    account_id = _account_id(account)
+    while True:
+        try:
+            with session_scope() as session:
+                campaign = get_campaign(session, account_id, campaign_id)
+                progress = campaign_progress(session, campaign)
+        except MailerError as exc:
+            raise _fail(exc) from None
+        if as_json:
+            console.print_json(json.dumps(progress))
+        else:
+            _print_progress(campaign_id, progress)
+        if not watch or progress["state"] != "sending":
+            return
+        threading.Event().wait(2.0)
+
+
+@campaign_app.command("resend-failed")
+def campaign_resend_failed(campaign_id: int, account: int | None = None) -> None:
+    """Create a draft campaign for the failed recipients of CAMPAIGN_ID."""
+    from mailer.campaigns.service import resend_failed
+    from mailer.storage.db import session_scope
+
+    try:
+        with session_scope() as session:
+            child = resend_failed(session, _account_id(account), campaign_id, created_by="cli")
+    except MailerError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"[green]campaign {child.id} created[/] (draft) for the failed recipients of "
+        f"{campaign_id}: `mailer campaign send {child.id}`"
+    )
+
+
+@app.command()
+def relays() -> None:
+    """The relay pool: limits, warm-up and today's use of each relay."""
+    from datetime import datetime
+
+    from mailer.campaigns.pipeline import local_day
+    from mailer.delivery.quota import usage_on
+    from mailer.storage.db import session_scope
+
+    settings = get_settings()
+    day = local_day(settings, datetime.now().astimezone())
+    with session_scope(settings) as session:
+        used = usage_on(session, settings.pool_relays, day)
+    console.print(f"[bold]Relays[/] ({day.isoformat()})")
+    for relay in settings.pool_relays:
+        taken, allowed = used[relay.label]
+        tls = " TLS" if relay.implicit_tls else " STARTTLS" if relay.starttls else ""
+        rate = f"{relay.max_rate:g}/s" if relay.max_rate else "sin límite"
+        console.print(
+            f"  {relay.label}: {relay.host}:{relay.port}{tls} · {relay.max_connections} "
+            f"conexiones × {relay.messages_per_connection} mensajes · ritmo {rate} · hoy "
+            f"{taken} de {'sin límite' if allowed is None else allowed}"
+        )
+
+
+bounces_app = typer.Typer(help="Bounce and complaint messages.", no_args_is_help=True)
+app.add_typer(bounces_app, name="bounces")
+
+
+@app.command()
+def inbound(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Receive bounces, complaints (feedback loops) and mailto unsubscribes by SMTP.
+
+    Point the MX of the bounce domain (delivery.bounce_domain) here."""
+    from mailer.bounces import run_inbound
+
+    _log_setup()
+    settings = get_settings()
+    updates: dict[str, Any] = {}
+    if host:
+        updates["host"] = host
+    if port:
+        updates["port"] = port
+    if updates:
+        settings = settings.model_copy(
+            update={"inbound": settings.inbound.model_copy(update=updates)}
+        )
+    console.print(f"inbound receiver on smtp://{settings.inbound.host}:{settings.inbound.port}")
+    run_inbound(settings)
+
+
+@bounces_app.command("parse")
+def bounces_parse(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Classify one message (.eml): bounce, complaint, delayed, autoreply, delivered."""
+    import json
+
+    from mailer.bounces import parse_message, report_json
+
+    report = report_json(parse_message(file.read_bytes()))
+    if as_json:
+        sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
+        return
+    console.print(f"[bold]{report['kind']}[/]")
+    for recipient in report["recipients"]:
+        hard = "hard" if recipient["hard"] else "soft"
+        console.print(
+            f"  {recipient['address']}: {hard} {recipient['reason']} {recipient['status']} "
+            f"{recipient['diagnostic'][:120]}"
+        )
+
+
 # -- templates -------------------------------------------------------------------------
 
 
@@ -849,11 +994,13 @@ def run_server(settings: Settings, *, host: str | None = None, port: int | None 
     import uvicorn
 
     from mailer.asgi import create_app
+    from mailer.campaigns.pipeline import recover_journals
     from mailer.core.queue import enqueue
     from mailer.delivery.service import start_capture_relay
     from mailer.scheduler.service import PeriodicLoop
     from mailer.scheduler.tasks import requeue_sending_campaigns
     from mailer.storage.migrate import upgrade
+    from mailer.web.tracking import TrackingFastPath
     from mailer.workers import configure_broker, start_worker
 
     upgrade(settings)
@@ -864,6 +1011,7 @@ def run_server(settings: Settings, *, host: str | None = None, port: int | None 
         console.print(f"capture relay on smtp://{settings.capture.host}:{settings.capture.port}")
     worker = loop = None
     if not settings.broker_url:
+        recover_journals(settings, requeue=False)  # requeue_sending_campaigns follows
         worker = start_worker(broker, settings.worker_threads)
         loop = PeriodicLoop()
         loop.start()
@@ -871,7 +1019,9 @@ def run_server(settings: Settings, *, host: str | None = None, port: int | None 
     bind_host, bind_port = host or settings.http_host, port or settings.http_port
     console.print(f"[bold green]mailer[/] on http://{bind_host}:{bind_port}  (API docs: /api/docs)")
     try:
-        uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level="warning")
+        # Tracking hits (pixel, click, trap) skip the portal's middleware: the busiest routes.
+        app = TrackingFastPath(create_app(settings))
+        uvicorn.run(app, host=bind_host, port=bind_port, log_level="warning")
     finally:
         if loop:
             loop.stop()
@@ -883,12 +1033,17 @@ def run_server(settings: Settings, *, host: str | None = None, port: int | None 
 
 
 def _worker_process(threads: int, scheduler: bool) -> None:
+    from mailer.campaigns.pipeline import recover_journals
     from mailer.scheduler.service import PeriodicLoop
     from mailer.workers import configure_broker, start_worker
 
     _log_setup()
     settings = get_settings()
-    worker = start_worker(configure_broker(settings), threads)
+    broker = configure_broker(settings)
+    # What workers killed on this machine had sent goes into the ledger before anything
+    # is sent again (their rows are then queued anew).
+    recover_journals(settings)
+    worker = start_worker(broker, threads)
     loop = PeriodicLoop() if scheduler else None
     if loop:
         loop.start()

@@ -8,10 +8,12 @@ from fastapi import APIRouter, File, Form, Request, UploadFile, status
 from sqlmodel import Session
 
 from mailer.accounts.service import Principal, audit, get_account
+from mailer.analytics.service import campaign_stats
 from mailer.api.deps import Editor, Id, Limit, Locale, Offset, Reader, Sender, SessionDep
 from mailer.api.schemas import (
     CampaignIn,
     CampaignOut,
+    CampaignStatsOut,
     CheckOut,
     ContactOut,
     FindingOut,
@@ -20,6 +22,7 @@ from mailer.api.schemas import (
     ListIn,
     ListOut,
     MeOut,
+    ProgressOut,
     RowErrorOut,
     ScheduleIn,
     TemplateIn,
@@ -48,8 +51,11 @@ def _campaign_out(
         id=campaign.id,
         name=campaign.name,
         state=campaign.state,
+        state_reason=campaign.state_reason,
+        parent_id=campaign.parent_id,
         template_id=campaign.template_id,
         list_id=campaign.list_id,
+        segment_id=campaign.segment_id,
         from_email=campaign.from_email,
         from_name=campaign.from_name,
         subject=campaign.subject,
@@ -374,6 +380,16 @@ def get_campaign(campaign_id: Id, session: SessionDep, principal: Reader) -> Cam
     )
 
 
+@router.get("/campaigns/{campaign_id}/stats", response_model=CampaignStatsOut, tags=["campaigns"])
+def get_campaign_stats(campaign_id: Id, session: SessionDep, principal: Reader) -> CampaignStatsOut:
+    """Delivery, bounces, opens and clicks (total and human-only, per link), unsubscribes
+    and complaints, with rates."""
+    campaigns.get_campaign(session, principal.account_id, campaign_id)  # 404 if not yours
+    return CampaignStatsOut.model_validate(
+        campaign_stats(session, principal.account_id, campaign_id)
+    )
+
+
 def _audited(session: Session, principal: Principal, action: str, campaign_id: Id) -> None:
     audit(session, principal, action, f"campaign:{campaign_id}")
     session.commit()
@@ -419,6 +435,28 @@ def resume_campaign(campaign_id: Id, session: SessionDep, principal: Sender) -> 
     return _campaign_out(
         session, campaigns.get_campaign(session, principal.account_id, campaign_id)
     )
+
+
+@router.get("/campaigns/{campaign_id}/progress", response_model=ProgressOut, tags=["campaigns"])
+def get_campaign_progress(campaign_id: Id, session: SessionDep, principal: Reader) -> ProgressOut:
+    """Live progress: sent, pending, deferred, failed, the current rate and the time left."""
+    campaign = campaigns.get_campaign(session, principal.account_id, campaign_id)
+    return ProgressOut(**campaigns.campaign_progress(session, campaign))
+
+
+@router.post(
+    "/campaigns/{campaign_id}/resend-failed",
+    response_model=CampaignOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["campaigns"],
+)
+def resend_failed(campaign_id: Id, session: SessionDep, principal: Editor) -> CampaignOut:
+    """A new draft campaign for the failed recipients of this one (send it as any other)."""
+    child = campaigns.resend_failed(
+        session, principal.account_id, campaign_id, created_by=principal.actor
+    )
+    _audited(session, principal, "campaign.resend_failed", campaign_id)
+    return _campaign_out(session, child)
 
 
 @router.post("/campaigns/{campaign_id}/cancel", response_model=CampaignOut, tags=["campaigns"])

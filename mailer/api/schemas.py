@@ -156,8 +156,11 @@ class CampaignOut(BaseModel):
     id: int
     name: str
     state: str
+    state_reason: str = Field("", description="Why it paused or failed on its own.")
+    parent_id: int | None = Field(None, description="Set on a resend to failed recipients.")
     template_id: int
-    list_id: int
+    list_id: int | None
+    segment_id: int | None = None
     from_email: str
     from_name: str
     subject: str | None
@@ -167,8 +170,113 @@ class CampaignOut(BaseModel):
     counts: dict[str, int]
 
 
+class ProgressOut(BaseModel):
+    """A sending campaign's live progress."""
+
+    state: str
+    state_reason: str
+    total: int
+    sent: int
+    pending: int = Field(description="Queued, being sent or deferred.")
+    deferred: int
+    failed: int
+    bounced: int
+    cancelled: int
+    rate_per_second: float = Field(description="Messages sent in the last minute, per second.")
+    rate_per_hour: int
+    eta_seconds: int | None = Field(description="Estimated time left at the current rate.")
+
+    model_config = {
+        "json_schema_extra": {
+            "example": {
+                "state": "sending",
+                "state_reason": "",
+                "total": 48000,
+                "sent": 30500,
+                "pending": 17300,
+                "deferred": 120,
+                "failed": 180,
+                "bounced": 0,
+                "cancelled": 20,
+                "rate_per_second": 412.5,
+                "rate_per_hour": 1485000,
+                "eta_seconds": 42,
+            }
+        }
+    }
+
+
 class MeOut(BaseModel):
     account_id: int
     account_name: str
     role: str
     actor: str
+
+
+class BouncedOut(BaseModel):
+    total: int
+    hard: int
+    soft: int
+
+
+class OpenedOut(BaseModel):
+    unique: int = Field(description="Messages opened (a human click counts as an open).")
+    total: int = Field(description="Open hits, machines included.")
+    human_unique: int = Field(description="Messages opened or clicked by a person.")
+    human_total: int
+
+
+class LinkStatsOut(BaseModel):
+    index: int
+    url: str
+    total: int
+    human_total: int
+    unique: int
+    human_unique: int
+
+
+class ClickedOut(BaseModel):
+    unique: int
+    total: int
+    human_unique: int
+    human_total: int
+    links: list[LinkStatsOut]
+
+
+class MachineOut(BaseModel):
+    messages: int = Field(description="Messages with an open or click by a machine.")
+    scanned: int = Field(description="Messages whose hidden link a scanner followed.")
+
+
+class RatesOut(BaseModel):
+    """Percentages with one decimal: bounce over sent, the others over delivered,
+    click-to-open as human clicks over human opens."""
+
+    basis: str
+    delivery: float
+    bounce: float
+    open: float
+    open_human: float
+    click: float
+    click_human: float
+    click_to_open: float
+    unsubscribe: float
+    complaint: float
+
+
+class CampaignStatsOut(BaseModel):
+    campaign_id: int
+    recipients: int
+    queued: int
+    sent: int = Field(description="Accepted by the relay (later bounces included).")
+    delivered: int = Field(description="Sent minus bounced.")
+    deferred: int
+    failed: int
+    cancelled: int
+    bounced: BouncedOut
+    opened: OpenedOut
+    clicked: ClickedOut
+    machine: MachineOut
+    unsubscribed: int
+    complained: int
+    rates: RatesOut

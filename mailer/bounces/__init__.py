@@ -1,2 +1,26 @@
-"""Bounces and complaints: DSN and ARF parsing and classification, the inbound receiver,
-and the policies that suppress addresses.  Built by the feedback issue; nothing here yet."""
+"""Bounces and complaints: reading DSN, ARF and auto-reply messages and classifying delivery
+failures (synchronous SMTP replies included) with sisimai's reason vocabulary.
+
+The parsing API is pure (no I/O, no database): ``classify_smtp`` and ``is_rate_limited`` for
+the delivery engine, ``parse_message`` and ``report_json`` for inbound report messages.
+``handle_inbound`` acts on one inbound message (bounce, complaint, mailto unsubscribe) and
+``InboundReceiver`` / ``run_inbound`` are the SMTP server that receives them."""
+
+from mailer.bounces.classify import Classification, classify_smtp, is_rate_limited
+from mailer.bounces.inbound import InboundReceiver, run_inbound
+from mailer.bounces.parser import Recipient, Report, parse_message, report_json
+from mailer.bounces.service import InboundOutcome, handle_inbound
+
+__all__ = [
+    "Classification",
+    "InboundOutcome",
+    "InboundReceiver",
+    "Recipient",
+    "Report",
+    "classify_smtp",
+    "handle_inbound",
+    "is_rate_limited",
+    "parse_message",
+    "report_json",
+    "run_inbound",
+]

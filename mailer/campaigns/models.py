@@ -64,6 +64,10 @@ class Campaign(SQLModel, table=True):
     from_email: str = Field(max_length=320)
     reply_to: str | None = Field(default=None, max_length=320)
     state: str = Field(default=CampaignState.DRAFT, max_length=16, index=True)
+    # Why it paused or failed on its own (the reputation guard, a missing key).
+    state_reason: str = Field(default="", max_length=1000)
+    # A "resend to failed" run: the campaign whose failed rows it sends again.
+    parent_id: int | None = Field(default=None, foreign_key="campaigns.id")
     total: int = 0  # ledger rows snapshotted when the send started
     # The template as it was when the send started (subject, html, text): editing the
     # template afterwards does not change a campaign half-way through.

@@ -23,6 +23,7 @@ from mailer.campaigns.pipeline import (
     compile_message,
     deliver,
     record_outcomes,
+    send_through_pool,
 )
 from mailer.content.preview import SAMPLE_CONTACT
 from mailer.content.store import get_template
@@ -30,7 +31,6 @@ from mailer.core.clock import utcnow
 from mailer.core.config import Settings, get_settings
 from mailer.core.errors import NotFound, ValidationFailed
 from mailer.core.types import DeliveryResult, DeliveryStatus
-from mailer.delivery.service import transport_from_settings
 from mailer.messages.models import Message, MessageState
 from mailer.messages.service import ClaimedRow, claim_batch
 from mailer.storage.db import session_scope
@@ -57,7 +57,7 @@ def send_test_message(
     from_name: str,
     contact_id: int | None = None,
     settings: Settings | None = None,
-    transport_factory: TransportFactory = transport_from_settings,
+    transport_factory: TransportFactory | None = None,
 ) -> list[ProofResult]:
     """Send the template to *addresses* now and say what the relay answered for each."""
     settings = settings or get_settings()
@@ -115,13 +115,22 @@ def send_test_message(
 
     envelopes, failures, header_ids = build_envelopes(compiled, claim.rows, proof_fields)
     try:
-        delivered = deliver(transport_factory(settings), envelopes)
+        if transport_factory is None:  # the relay pool, as campaigns (no daily budget)
+            delivered = send_through_pool(settings, envelopes, {}, lambda _result: None)
+        else:
+            delivered = deliver(transport_factory(settings), envelopes)
     except Exception as exc:  # nothing retries a proof: record the failure, do not hang
         log.exception("test message could not be delivered")
         delivered = [
             DeliveryResult(e.message_id, DeliveryStatus.REJECTED, text=f"not delivered: {exc}")
             for e in envelopes
         ]
+    delivered = [  # held back (no relay up, a paused destination): a proof does not wait
+        DeliveryResult(r.message_id, DeliveryStatus.REJECTED, text=f"not delivered: {r.text}")
+        if r.status is DeliveryStatus.HELD
+        else r
+        for r in delivered
+    ]
     with session_scope(settings) as session:
         # A proof is tried once: a deferral is reported as a failure, not retried later.
         once = settings.model_copy(update={"max_attempts": 1})

@@ -13,16 +13,17 @@ from sqlmodel import select as sm_select
 
 from mailer.accounts.service import get_account, normalise_email
 from mailer.audience.clean import ensure_fresh, get_checker
+from mailer.audience.models import Contact
 from mailer.audience.service import email_audience, get_list, get_segment
 from mailer.campaigns.models import CAMPAIGN_STATE, Campaign, CampaignState
 from mailer.content.service import check_syntax
 from mailer.content.store import get_template
 from mailer.core.clock import utcnow
 from mailer.core.config import Settings, get_settings
-from mailer.core.errors import NotFound, ValidationFailed
+from mailer.core.errors import Conflict, NotFound, ValidationFailed
 from mailer.core.queue import enqueue
 from mailer.delivery.domains import load_domain
-from mailer.events.models import EventKind
+from mailer.events.models import Event, EventKind
 from mailer.events.service import append as append_event
 from mailer.messages.models import MESSAGE_STATE, Message, MessageState
 from mailer.messages.service import (
@@ -120,6 +121,37 @@ def _transition(
     )
 
 
+def _claim_transition(session: Session, campaign: Campaign, target: CampaignState) -> None:
+    """A transition that only one of several racing workers wins (a compare-and-set on the
+    state): the others get Conflict.  Starting a scheduled campaign uses it, so that when
+    several workers see it due, exactly one starts it."""
+    CAMPAIGN_STATE.check(CampaignState(campaign.state), target)
+    previous = campaign.state
+    now = utcnow()
+    won = session.execute(
+        update(Campaign)
+        .where(col(Campaign.id) == campaign.id, col(Campaign.state) == previous)
+        .values(state=target.value, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not won.rowcount:  # type: ignore[attr-defined]
+        raise Conflict(
+            "campaign {id} is no longer {state}: another worker or person changed it",
+            id=campaign.id,
+            state=previous,
+        )
+    campaign.state = target
+    campaign.updated_at = now
+    append_event(
+        session,
+        campaign.account_id,
+        EventKind.CAMPAIGN_STATE,
+        campaign_id=campaign.id,
+        previous=previous,
+        state=target.value,
+    )
+
+
 def schedule_campaign_local(
     session: Session, account_id: int, campaign_id: int, local: datetime
 ) -> Campaign:
@@ -181,7 +213,8 @@ def start_campaign(
             timezone=settings.timezone,
             checker=get_checker(settings),
         )
-    _transition(session, campaign, CampaignState.SENDING)
+    _claim_transition(session, campaign, CampaignState.SENDING)
+    campaign.state_reason = ""
     now = utcnow()
     recipients = email_audience(
         session,
@@ -190,7 +223,17 @@ def start_campaign(
         literal(campaign_id, Integer),
         list_id=campaign.list_id,
         segment_id=campaign.segment_id,
-    ).add_columns(
+    )
+    if campaign.parent_id is not None:
+        # A resend: only the contacts whose message of the parent failed (and who may
+        # still be mailed: the audience filters above still apply).
+        failed = select(col(Message.contact_id)).where(
+            col(Message.campaign_id) == campaign.parent_id,
+            col(Message.state) == MessageState.FAILED,
+            col(Message.contact_id).is_not(None),
+        )
+        recipients = recipients.where(col(Contact.id).in_(failed))
+    recipients = recipients.add_columns(
         literal("email", String),
         literal(MessageState.QUEUED.value, String),
         literal(0, Integer),
@@ -286,6 +329,135 @@ def cancel_campaign(session: Session, account_id: int, campaign_id: int) -> Camp
 def fail_campaign(session: Session, campaign: Campaign, reason: str) -> None:
     """Stop a sending campaign that cannot go on; a person can fix the cause and resume."""
     _transition(session, campaign, CampaignState.FAILED, reason=reason[:1000])
+    campaign.state_reason = reason[:1000]
+
+
+def reputation(session: Session, campaign_id: int) -> dict[str, float | int]:
+    """Messages attempted (sent, failed or bounced), bounces and complaints, with rates."""
+    counts = count_by_state(session, campaign_id)
+    attempted = sum(counts.get(s, 0) for s in ("sent", "failed", "bounced"))
+    by_kind = dict(
+        session.execute(
+            select(col(Event.kind), func.count())
+            .where(
+                col(Event.campaign_id) == campaign_id,
+                col(Event.kind).in_([EventKind.BOUNCED, EventKind.COMPLAINED]),
+            )
+            .group_by(col(Event.kind))
+        ).all()
+    )
+    bounced = int(by_kind.get(EventKind.BOUNCED, 0))
+    complained = int(by_kind.get(EventKind.COMPLAINED, 0))
+    return {
+        "attempted": attempted,
+        "bounced": bounced,
+        "complained": complained,
+        "bounce_rate": bounced / attempted if attempted else 0.0,
+        "complaint_rate": complained / attempted if attempted else 0.0,
+    }
+
+
+def check_reputation(
+    session: Session, campaign_id: int, settings: Settings | None = None
+) -> str | None:
+    """The reputation guard: pause a sending campaign whose bounce or complaint rate is
+    past its threshold once enough messages were attempted; returns the reason if paused.
+    """
+    policy = (settings or get_settings()).delivery
+    campaign = session.execute(
+        sm_select(Campaign)
+        .where(col(Campaign.id) == campaign_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if campaign is None or campaign.state != CampaignState.SENDING:
+        return None
+    figures = reputation(session, campaign_id)
+    if int(figures["attempted"]) < policy.guard_min_sample:
+        return None
+    reason = None
+    if figures["bounce_rate"] > policy.guard_bounce_rate:
+        reason = (
+            f"Pausada automáticamente: tasa de rebote {figures['bounce_rate']:.1%} "
+            f"(límite {policy.guard_bounce_rate:.1%}) tras {figures['attempted']} envíos"
+        )
+    elif figures["complaint_rate"] > policy.guard_complaint_rate:
+        reason = (
+            f"Pausada automáticamente: tasa de quejas {figures['complaint_rate']:.2%} "
+            f"(límite {policy.guard_complaint_rate:.2%}) tras {figures['attempted']} envíos"
+        )
+    if reason is None:
+        return None
+    _transition(session, campaign, CampaignState.PAUSED, reason=reason, by="reputation guard")
+    campaign.state_reason = reason
+    return reason
+
+
+def resend_failed(
+    session: Session, account_id: int, campaign_id: int, *, created_by: str = ""
+) -> Campaign:
+    """A follow-up run of *campaign_id* for its failed rows only (a draft: start it as
+    any other).  Contacts suppressed or unsubscribed since are left out at start."""
+    parent = get_campaign(session, account_id, campaign_id)
+    if parent.state not in (CampaignState.COMPLETED, CampaignState.CANCELLED, CampaignState.PAUSED):
+        raise ValidationFailed(
+            "a campaign can be resent to its failed recipients once it has stopped sending",
+            field="campaign_id",
+        )
+    failed = count_by_state(session, campaign_id).get(MessageState.FAILED, 0)
+    if not failed:
+        raise ValidationFailed("campaign {id} has no failed recipients", id=campaign_id)
+    child = Campaign(
+        account_id=account_id,
+        name=f"{parent.name} (reenvío a fallidos)"[:200],
+        template_id=parent.template_id,
+        list_id=parent.list_id,
+        segment_id=parent.segment_id,
+        freshness_days=parent.freshness_days,
+        subject=parent.subject,
+        from_name=parent.from_name,
+        from_email=parent.from_email,
+        reply_to=parent.reply_to,
+        parent_id=parent.id,
+        created_by=created_by,
+    )
+    session.add(child)
+    session.flush()
+    return child
+
+
+def campaign_progress(
+    session: Session, campaign: Campaign, *, window_seconds: int = 60
+) -> dict[str, Any]:
+    """Live progress: counts by state, the current rate and the estimated time left."""
+    assert campaign.id is not None
+    counts = campaign_counts(session, campaign)
+    now = utcnow()
+    recent = int(
+        session.execute(
+            select(func.count()).where(
+                col(Message.campaign_id) == campaign.id,
+                col(Message.sent_at) >= now - timedelta(seconds=window_seconds),
+            )
+        ).scalar_one()
+    )
+    rate = recent / window_seconds
+    pending = sum(counts[s] for s in ("queued", "sending", "deferred"))
+    eta = pending / rate if rate > 0 and campaign.state == CampaignState.SENDING else None
+    return {
+        "state": campaign.state,
+        "state_reason": campaign.state_reason,
+        "total": counts["total"],
+        "sent": counts["sent"],
+        "pending": pending,
+        "deferred": counts["deferred"],
+        "failed": counts["failed"],
+        "bounced": counts["bounced"],
+        "cancelled": counts["cancelled"],
+        "rate_per_second": round(rate, 1),
+        "rate_per_hour": int(rate * 3600),
+        "eta_seconds": int(eta) if eta is not None else None,
+    }
 
 
 def complete_if_done(session: Session, campaign_id: int) -> bool:

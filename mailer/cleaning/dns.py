@@ -39,7 +39,7 @@ from mailer.cleaning.service import (
 )
 from mailer.cleaning.verdicts import DomainVerdict, EmailVerdict, Reason, Verdict
 from mailer.core.config import DnsSettings
-from mailer.core.errors import ConfigError
+from mailer.core.dns import make_resolver
 
 UNKNOWN_CACHE_SECONDS = 30.0  # DNS trouble is asked again soon
 MX_TARGETS_PER_ROUND = 3  # MX hosts resolved at once, best preference first
@@ -98,25 +98,6 @@ class _TtlCache:
             del self._entries[key]
         for key in list(self._entries)[: max(0, len(self._entries) - CACHE_LIMIT // 2)]:
             del self._entries[key]  # oldest first: dicts keep insertion order
-
-
-def make_resolver(settings: DnsSettings) -> dns.asyncresolver.Resolver:
-    """An async resolver on ``settings.servers``, or the system's when that is empty."""
-    try:
-        resolver = dns.asyncresolver.Resolver(configure=not settings.servers)
-    except dns.resolver.NoResolverConfiguration as exc:
-        raise ConfigError(
-            "no system DNS resolver ({error}): set dns.servers", field="dns.servers", error=exc
-        ) from None
-    if settings.servers:
-        resolver.nameservers = [
-            dns.nameserver.Do53Nameserver(host, port) for host, port in settings.nameservers
-        ]
-    resolver.lifetime = settings.timeout_seconds
-    # Two tries per server within the lifetime, so one lost UDP packet is not "unknown".
-    resolver.timeout = settings.timeout_seconds / 2
-    resolver.cache = None  # DomainChecker caches verdicts, with its own TTL rules
-    return resolver
 
 
 class DomainChecker:

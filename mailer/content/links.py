@@ -21,6 +21,11 @@ from html.parser import HTMLParser
 from mailer.content.compiler import ProtectedMarkup, escape_literal_jinja
 
 LINK_CALL = "{{{{ _link({index}) }}}}"
+LINK_MARK = "\x1aL{index}\x1a"
+"""What a fixed link's href becomes in the compiled template: a literal marker that
+``CompiledTemplate.render`` replaces after rendering (one pass over the output) instead of
+a call into the sandbox per link and part.  U+001A never occurs in HTML or text (it is
+removed from templates on compilation)."""
 
 
 _CHARACTER_REFERENCE = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[a-zA-Z][a-zA-Z0-9]*);")
@@ -39,7 +44,7 @@ def link_call(index: int, source: str) -> str:
     that inside a ``for`` loop every item gets its own URL; a fixed URL needs no capture.
     """
     if "{" not in source:
-        return LINK_CALL.format(index=index)
+        return LINK_MARK.format(index=index)
     # Without autoescape the capture is the URL itself (the href's entities were decoded
     # when it was read), in the HTML and in the text part alike.
     return (

@@ -20,6 +20,7 @@ from jinja2 import Template
 from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import escape
 
 from mailer.content import compiler
 from mailer.content.compiler import compile_part, protect_jinja
@@ -48,6 +49,7 @@ LinkUrl = Callable[[int, str], str]
 """Given a link's index and its personalised URL, the URL to put in the message."""
 
 _NEWLINES = re.compile(r"\s*[\r\n]+\s*")
+_LINK_MARK = re.compile("\x1aL([0-9]+)\x1a")  # see links.LINK_MARK
 _TEXT_URL = re.compile(r"https?://[^\s<>\"']+", re.IGNORECASE)
 _URL_TRAILER = ".,;:!?)]}'\""
 
@@ -148,9 +150,23 @@ class CompiledTemplate:
             return url
 
         variables["_link"] = link
+
+        def fixed(match: re.Match[str]) -> str:
+            return link(int(match.group(1)))
+
+        def fixed_html(match: re.Match[str]) -> str:
+            return str(escape(link(int(match.group(1)))))
+
         subject = _render(self._subject, variables)
         html = _render(self._html, variables)
         text = _render(self._text, variables)
+        try:
+            if "\x1a" in html:
+                html = _LINK_MARK.sub(fixed_html, html)
+            if "\x1a" in text:
+                text = _LINK_MARK.sub(fixed, text)
+        except _LinkUrlFailed as failure:
+            raise failure.error from None
         return RenderedMessage(
             subject=_NEWLINES.sub(" ", subject).strip(),
             html=html,
@@ -281,6 +297,9 @@ def compile_template(
 
     Raises :class:`TemplateError` naming the part and line of the first problem found.
     """
+    # U+001A marks fixed links in compiled templates (links.LINK_MARK): never the user's.
+    subject, html = subject.replace("\x1a", ""), html.replace("\x1a", "")
+    text = text.replace("\x1a", "") if text is not None else None
     subject_part = _Part("subject", compile_part(TEXT_ENV, subject, "subject"), True)
     compile_part(HTML_ENV, html, "html")  # errors reported against the user's own lines
     if text is not None:

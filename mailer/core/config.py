@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,8 +41,75 @@ class RelaySettings(BaseModel):
     username: str | None = Field(None, description="SMTP AUTH user, if the relay needs one.")
     password: str | None = Field(None, description="SMTP AUTH password.")
     timeout_seconds: float = Field(30.0, description="Per-command SMTP timeout.")
-    max_connections: int = Field(4, ge=1, description="Parallel connections per worker batch.")
+    max_connections: int = Field(4, ge=1, description="Connections to this relay per worker.")
     messages_per_connection: int = Field(100, ge=1, description="Messages before reconnecting.")
+    name: str = Field("", description="Name in logs and the ledger; empty = host:port.")
+    max_rate: float = Field(
+        0, ge=0, description="Messages per second per worker process through it; 0 = no limit."
+    )
+    daily_cap: int = Field(0, ge=0, description="Messages per day through it; 0 = no cap.")
+    warmup_start: int = Field(
+        0, ge=0, description="Warm-up: daily volume on its first day (0 = no warm-up)."
+    )
+    warmup_growth: float = Field(
+        1.5, gt=1, description="Warm-up: each day's volume is the previous day's times this."
+    )
+    warmup_started_on: date | None = Field(
+        None, description="Warm-up: the first day of sending through it (default: first use)."
+    )
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.host}:{self.port}"
+
+
+class ProviderLimits(BaseModel):
+    """How hard one mailbox provider may be pushed (per worker process)."""
+
+    connections: int = Field(10, ge=1, description="Transactions in flight at once.")
+    messages_per_connection: int = Field(100, ge=1, description="Messages before reconnecting.")
+    rate: float = Field(0, ge=0, description="Messages per second; 0 = no limit.")
+
+
+def _default_providers() -> dict[str, ProviderLimits]:
+    return {
+        "google": ProviderLimits(connections=5, messages_per_connection=50),
+        "microsoft": ProviderLimits(connections=5, messages_per_connection=50),
+        "yahoo": ProviderLimits(connections=10, messages_per_connection=20),
+        "icloud": ProviderLimits(connections=10, messages_per_connection=5),
+        "other": ProviderLimits(connections=10, messages_per_connection=100),
+    }
+
+
+class DeliverySettings(BaseModel):
+    """Retries, bounce handling and the reputation guard of campaign sends."""
+
+    retry_base_seconds: int = Field(
+        300, ge=1, description="First retry of a deferred message; doubles each attempt."
+    )
+    retry_max_seconds: int = Field(7200, ge=1, description="Longest wait between two retries.")
+    expiry_hours: float = Field(
+        24, gt=0, description="A message still deferred this long after queueing fails."
+    )
+    bounce_domain: str = Field(
+        "", description="Domain of VERP return paths (bounces+TOKEN@...); empty = the From domain."
+    )
+    relay_down_seconds: int = Field(
+        30, ge=1, description="A relay that fails is left out this long (doubling, up to 15 min)."
+    )
+    guard_bounce_rate: float = Field(
+        0.05, ge=0, le=1, description="Pause a campaign whose bounce rate exceeds this."
+    )
+    guard_complaint_rate: float = Field(
+        0.001, ge=0, le=1, description="Pause a campaign whose complaint rate exceeds this."
+    )
+    guard_min_sample: int = Field(
+        500, ge=1, description="Messages attempted before the guard judges a campaign."
+    )
+    soft_bounce_limit: int = Field(
+        3, ge=1, description="Soft bounces within soft_bounce_days that suppress an address."
+    )
+    soft_bounce_days: int = Field(30, ge=1, description="Window for soft_bounce_limit.")
 
 
 class CaptureSettings(BaseModel):
@@ -127,6 +195,71 @@ class DnsSettings(BaseModel):
         return str(address), port
 
 
+class TrackingSettings(BaseModel):
+    """Opens, clicks and their events: what is kept, and what counts as a machine."""
+
+    retention_days: int = Field(
+        400,
+        ge=45,
+        description="Days a message's events are kept after its last activity; older ones are "
+        "rolled up into permanent per-campaign counters, then deleted (at least 45).",
+    )
+    scanner_window_seconds: float = Field(
+        10.0, ge=0, description="A click this soon after the message was sent is a link scanner."
+    )
+    prefetch_window_seconds: float = Field(
+        120.0,
+        ge=0,
+        description="An image proxy that fetches the pixel this soon after sending prefetched "
+        "it on delivery (no one opened the message yet).",
+    )
+    burst_seconds: float = Field(
+        1.0, gt=0, description="Distinct links of one message clicked within this are a machine."
+    )
+    burst_links: int = Field(2, ge=2, description="How many distinct links make a burst.")
+    trap_window_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="Opens and clicks this close to a hit on the hidden link are a machine.",
+    )
+    ip_mode: Literal["truncate", "hash"] = Field(
+        "truncate",
+        description="How a hit's IP address is kept: truncate (/24 IPv4, /48 IPv6; not enough "
+        "to single out a person, Ley 29733) or hash (HMAC with the secret key: distinct "
+        "visitors countable, the address not recoverable).",
+    )
+    flush_seconds: float = Field(
+        0.25, gt=0, le=5, description="How often buffered hits are written, in one batch."
+    )
+
+
+class InboundSettings(BaseModel):
+    """The inbound SMTP receiver (`mailer inbound`): bounces, complaints and mailto
+    unsubscribes come back to it."""
+
+    host: str = Field("127.0.0.1", description="Address the inbound receiver listens on.")
+    port: int = Field(2526, ge=0, le=65535, description="Port the inbound receiver listens on.")
+    domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Domains it accepts bounces+TOKEN@, unsubscribe+TOKEN@ and bounces@ for "
+        '(also a comma-separated string, as in MAILER_INBOUND__DOMAINS="rebotes.example.pe"); '
+        "empty = those local parts at any domain.  Any other recipient is refused (550).",
+    )
+    fbl_address: str = Field(
+        "", description="Address feedback-loop (ARF) complaints are sent to; empty = none."
+    )
+    max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest message accepted (larger: 552)."
+    )
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _split_domains(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MAILER_",
@@ -165,7 +298,9 @@ class Settings(BaseSettings):
     )
     templates_dir: Path = Field(Path("templates"), description="Library of ready-made templates.")
     batch_size: int = Field(250, ge=1, le=10000, description="Ledger ids per queue message.")
-    max_attempts: int = Field(5, ge=1, description="Delivery attempts before a row fails.")
+    max_attempts: int = Field(
+        30, ge=1, description="Delivery attempts before a row fails (deferrals also expire)."
+    )
     send_lease_seconds: int = Field(
         3600,
         description="After this, a row claimed by a dead worker is offered again; longer "
@@ -175,8 +310,19 @@ class Settings(BaseSettings):
         600, description="A sending campaign with no ledger change for this long is re-enqueued."
     )
     relay: RelaySettings = Field(default_factory=RelaySettings)  # type: ignore[arg-type]
+    relays: list[RelaySettings] = Field(
+        default_factory=list,
+        description="The relay pool ([[relays]] in mailer.toml); empty = just `relay`.",
+    )
+    providers: dict[str, ProviderLimits] = Field(
+        default_factory=_default_providers,
+        description="Limits per mailbox provider (google, microsoft, yahoo, icloud, other).",
+    )
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)  # type: ignore[arg-type]
     capture: CaptureSettings = Field(default_factory=CaptureSettings)  # type: ignore[arg-type]
     dns: DnsSettings = Field(default_factory=DnsSettings)  # type: ignore[arg-type]
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)  # type: ignore[arg-type]
+    inbound: InboundSettings = Field(default_factory=InboundSettings)  # type: ignore[arg-type]
 
     @classmethod
     def settings_customise_sources(
@@ -219,6 +365,32 @@ class Settings(BaseSettings):
         if self.environment == "production" and len(self.secret_key) < 32:
             raise ConfigError("secret_key must be at least 32 characters", field="secret_key")
         return self
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _merge_provider_defaults(cls, value: object) -> object:
+        # Configuring one limit of one provider keeps every other default.
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {k: v.model_dump() for k, v in _default_providers().items()}
+        for name, limits in value.items():
+            base = merged.get(name, ProviderLimits().model_dump())
+            if isinstance(limits, ProviderLimits):
+                limits = limits.model_dump(exclude_unset=True)
+            merged[name] = {**base, **limits} if isinstance(limits, dict) else limits
+        return merged
+
+    @model_validator(mode="after")
+    def _check_relays(self) -> Settings:
+        names = [relay.label for relay in self.pool_relays]
+        if len(set(names)) != len(names):
+            raise ConfigError("relay names must be unique: {names}", field="relays", names=names)
+        return self
+
+    @property
+    def pool_relays(self) -> list[RelaySettings]:
+        """The relays campaigns go through: ``relays``, or the single ``relay``."""
+        return self.relays or [self.relay]
 
     @property
     def effective_database_url(self) -> str:

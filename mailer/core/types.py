@@ -35,6 +35,7 @@ class DeliveryStatus(StrEnum):
     ACCEPTED = "accepted"
     DEFERRED = "deferred"  # 4xx or a connection problem: try again later
     REJECTED = "rejected"  # 5xx: permanent for this message
+    HELD = "held"  # not attempted (quota, no relay up, destination pause): try later, free
 
 
 @dataclass(frozen=True, slots=True)

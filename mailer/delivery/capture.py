@@ -9,9 +9,12 @@ connections at once.
 
 Test behaviour (``recipient_rules=True``, the default): a recipient whose local part starts
 with ``reject-`` is refused with ``550 5.1.1 user unknown`` and one starting with ``defer-``
-with ``451 4.3.0 try again later``, so that rejections and deferrals can be produced on
-purpose.  Everything else is captured.  What the sink does with a message (store it for the
-portal, count it in a test) is not this module's business.
+with ``450 4.2.1 mailbox temporarily unavailable`` (a plain deferral), one starting with
+``full-`` with ``552 5.2.2 mailbox full`` (a soft bounce) and one starting with ``slow-``
+with ``451 4.7.1 rate limited, slow down`` (a destination asking us to slow down), so that
+rejections, deferrals and shaping can be produced on purpose.  Everything else is
+captured.  What the sink does with a message (store it for the portal, count it in a test)
+is not this module's business.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ Sink = Callable[[str, list[str], bytes], None]
 
 REJECT_PREFIX = "reject-"
 DEFER_PREFIX = "defer-"
+RULES = (
+    (REJECT_PREFIX, "550 5.1.1 user unknown"),
+    (DEFER_PREFIX, "450 4.2.1 mailbox temporarily unavailable"),
+    ("full-", "552 5.2.2 mailbox full"),
+    ("slow-", "451 4.7.1 rate limited, slow down"),
+)
 
 
 class _CaptureHandler:
@@ -56,10 +65,9 @@ class _CaptureHandler:
     ) -> str:
         if self.recipient_rules:
             local_part = address.rpartition("@")[0].lower()
-            if local_part.startswith(REJECT_PREFIX):
-                return "550 5.1.1 user unknown"
-            if local_part.startswith(DEFER_PREFIX):
-                return "451 4.3.0 try again later"
+            for prefix, reply in RULES:
+                if local_part.startswith(prefix):
+                    return reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"

@@ -49,6 +49,7 @@ DEFAULT_SIGNED_HEADERS: tuple[str, ...] = (
     "content-type",
     "list-unsubscribe",
     "list-unsubscribe-post",
+    "feedback-id",
 )
 # Named once more than they occur, so that a copy added in transit (a second From, a
 # forged Reply-To or List-Unsubscribe) breaks the signature (RFC 6376 §8.15).

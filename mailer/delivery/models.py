@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import LargeBinary
 from sqlmodel import Field, SQLModel
@@ -23,3 +23,13 @@ class CapturedMessage(SQLModel, table=True):
     size: int = 0
     data: bytes = Field(sa_type=LargeBinary)
     received_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime, index=True)
+
+
+class RelayUsage(SQLModel, table=True):
+    """Messages a relay took (or has reserved) on one day: its daily cap and warm-up."""
+
+    __tablename__ = "relay_usage"
+
+    relay: str = Field(primary_key=True, max_length=200)
+    day: date = Field(primary_key=True)
+    sent: int = 0

@@ -21,7 +21,9 @@ The text of a refusal starts with the command that was refused (``MAIL: ``, ``RC
 ``DATA: ``), so that a bounce classifier can tell a sender problem from a recipient one.
 Exceptions are for the unexpected (a bug, a cancelled task).
 
-Not here: relay pools, per-destination shaping and warm-up, which sit above a transport.
+Relay pools, per-destination shaping and warm-up sit above a transport (``pool.py``); they
+reach in through ``send_many``'s hooks: shared connection gates, pacing, and a callback
+that sees each result before the next command on its connection.
 """
 
 from __future__ import annotations
@@ -33,17 +35,50 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import aiosmtplib
+import aiosmtplib.protocol
 
 from mailer.core.clock import utcnow
 from mailer.core.errors import ConfigError
 from mailer.core.types import DeliveryResult, DeliveryStatus, Envelope
 
 __all__ = ["SmtpTransport"]
+
+
+# aiosmtplib prepares every DATA payload with two regular-expression passes over the whole
+# message (line endings to CRLF, dot-stuffing), about 40 % of the transport's time for a
+# 40 KB newsletter.  Our messages already end every line in CRLF and rarely have a line
+# starting with ".": the same functions with a fast path for that case (three byte counts,
+# one search) do the same work without the copies.  Semantics are unchanged (tested).
+_aiosmtplib_normalize = aiosmtplib.protocol.normalize_message_line_endings
+_AIOSMTPLIB_PERIODS = aiosmtplib.protocol.PERIOD_REGEX
+
+
+def _normalize_line_endings(message: bytes) -> bytes:
+    lines = message.count(b"\n")
+    if lines == message.count(b"\r") == message.count(b"\r\n") and message.endswith(b"\r\n"):
+        return message
+    return _aiosmtplib_normalize(message)
+
+
+class _LeadingPeriods:
+    """``PERIOD_REGEX`` (``(?m)^\\.``) that skips messages with no line starting with "."."""
+
+    pattern = _AIOSMTPLIB_PERIODS.pattern
+
+    def sub(self, replacement: bytes, message: bytes) -> bytes:
+        if not message.startswith(b".") and b"\n." not in message:
+            return message
+        return _AIOSMTPLIB_PERIODS.sub(replacement, message)
+
+
+if getattr(aiosmtplib.protocol, "normalize_message_line_endings", None) is _aiosmtplib_normalize:
+    aiosmtplib.protocol.normalize_message_line_endings = _normalize_line_endings
+    aiosmtplib.protocol.PERIOD_REGEX = _LeadingPeriods()  # type: ignore[assignment]
 
 _PROVIDER_ID = re.compile(r"\bqueued as\s+<?([\w.@+-]+)>?|\bid=<?([\w.@+-]+)>?", re.IGNORECASE)
 _UNSAFE_ADDRESS = re.compile(r"[\x00-\x20\x7f<>]")
@@ -65,6 +100,27 @@ class _Pending:
     index: int
     envelope: Envelope
     breaks: int = 0  # connections that broke while this envelope was in flight
+
+
+Pace = Callable[[], Awaitable[str | None]]
+OnResult = Callable[[DeliveryResult], None]
+
+
+@dataclass(slots=True)
+class _Run:
+    """One ``send_many`` call: its queue, results and hooks, shared by its workers."""
+
+    queue: deque[_Pending]
+    results: list[DeliveryResult | None]
+    connect_errors: list[str]
+    gates: tuple[asyncio.Semaphore, ...]
+    pace: Pace | None
+    on_result: OnResult | None
+
+    def settle(self, index: int, result: DeliveryResult) -> None:
+        self.results[index] = result
+        if self.on_result is not None:
+            self.on_result(result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,22 +187,36 @@ class SmtpTransport:
 
     # -- the port -------------------------------------------------------------------------
 
-    async def send_many(self, envelopes: Sequence[Envelope]) -> list[DeliveryResult]:
-        """Deliver *envelopes*; one result per envelope, in the same order."""
+    async def send_many(
+        self,
+        envelopes: Sequence[Envelope],
+        *,
+        gates: Sequence[asyncio.Semaphore] = (),
+        pace: Pace | None = None,
+        on_result: OnResult | None = None,
+    ) -> list[DeliveryResult]:
+        """Deliver *envelopes*; one result per envelope, in the same order.
+
+        *gates* are semaphores shared with other transports (a relay's connection limit, a
+        destination's), held, in order, for as long as a connection is in use.  *pace* is
+        awaited before each transaction; a text it returns defers the envelope with that
+        text instead (a destination that asked us to slow down).  *on_result* is called
+        with each result as soon as it is known, before the next command on that
+        connection: the place to record an acceptance durably.
+        """
         if not envelopes:
             return []
         slots = self._bind_to_running_loop()
         queue = deque(_Pending(index, envelope) for index, envelope in enumerate(envelopes))
         results: list[DeliveryResult | None] = [None] * len(envelopes)
         connect_errors: list[str] = []
+        run = _Run(queue, results, connect_errors, tuple(gates), pace, on_result)
         workers = min(self.max_connections, len(envelopes))
-        await asyncio.gather(
-            *(self._work(slots, queue, results, connect_errors) for _ in range(workers))
-        )
+        await asyncio.gather(*(self._work(slots, run) for _ in range(workers)))
         # Left over only when no worker could open (or reopen) a connection.
         text = connect_errors[-1] if connect_errors else f"relay {self.relay} unavailable"
         for pending in queue:
-            results[pending.index] = self._deferred(pending.envelope, text)
+            run.settle(pending.index, self._deferred(pending.envelope, text))
         return [result for result in results if result is not None]
 
     async def aclose(self) -> None:
@@ -159,24 +229,33 @@ class SmtpTransport:
 
     # -- workers --------------------------------------------------------------------------
 
-    async def _work(
-        self,
-        slots: asyncio.Semaphore,
-        queue: deque[_Pending],
-        results: list[DeliveryResult | None],
-        connect_errors: list[str],
-    ) -> None:
-        """Take envelopes from *queue* and send them over one connection at a time."""
-        async with slots:
+    async def _work(self, slots: asyncio.Semaphore, run: _Run) -> None:
+        """Take envelopes from the run's queue and send them over one connection at a time."""
+        queue = run.queue
+        async with contextlib.AsyncExitStack() as held:
+            await held.enter_async_context(slots)
+            for gate in run.gates:
+                await held.enter_async_context(gate)
             connection: _Connection | None = None
             try:
                 while queue:
                     if connection is None:
                         opened = await self._checkout()
                         if isinstance(opened, str):
-                            connect_errors.append(opened)
+                            run.connect_errors.append(opened)
                             return
                         connection = opened
+                        if not queue:
+                            break
+                    if run.pace is not None:
+                        held_back = await run.pace()
+                        if held_back is not None:
+                            while queue:
+                                pending = queue.popleft()
+                                run.settle(
+                                    pending.index, self._deferred(pending.envelope, held_back)
+                                )
+                            break
                         if not queue:
                             break
                     pending = queue.popleft()
@@ -188,11 +267,13 @@ class SmtpTransport:
                         connection.smtp.close()
                         connection = None
                         if pending.breaks >= 2:
-                            results[pending.index] = self._deferred(pending.envelope, outcome.text)
+                            run.settle(
+                                pending.index, self._deferred(pending.envelope, outcome.text)
+                            )
                         else:
                             queue.appendleft(pending)
                         continue
-                    results[pending.index] = outcome
+                    run.settle(pending.index, outcome)
                     connection.sent += 1
                     connection.reused = False
                     if not connection.smtp.is_connected:

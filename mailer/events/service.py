@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,12 +22,15 @@ def append_many(
     campaign_id: int | None = None,
     data: dict[int, dict[str, Any]] | None = None,
     now: datetime | None = None,
+    contact_ids: Mapping[int, int | None] | None = None,
 ) -> None:
-    """One event of *kind* per message id, in one executemany."""
+    """One event of *kind* per message id, in one executemany (*contact_ids*: each
+    message's contact, which engagement segments and bounce policies read)."""
     if not message_ids:
         return
     now = now or utcnow()
     data = data or {}
+    contact_ids = contact_ids or {}
     session.execute(
         insert(Event),
         [
@@ -36,6 +39,7 @@ def append_many(
                 "kind": kind,
                 "message_id": message_id,
                 "campaign_id": campaign_id,
+                "contact_id": contact_ids.get(message_id),
                 "occurred_at": now,
                 "data": data.get(message_id, {}),
             }

@@ -44,6 +44,7 @@ class Message(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("campaign_id", "contact_id"),
         Index("ix_messages_campaign_state", "campaign_id", "state"),
+        Index("ix_messages_campaign_sent", "campaign_id", "sent_at"),  # the live send rate
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -22,12 +22,14 @@ __all__ = [
     "ClaimedRow",
     "Released",
     "claim_batch",
+    "claim_of",
     "count_by_state",
     "counts_by_campaign",
     "has_open_rows",
     "last_activity",
     "pending_ids",
     "record_results",
+    "release_claim",
     "release_expired_claims",
     "waiting_deferred",
 ]
@@ -40,6 +42,7 @@ class ClaimedRow:
     to_address: str
     to_name: str
     attempts: int
+    queued_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,11 @@ class Claim:
 
 
 def claim_batch(
-    session: Session, message_ids: Sequence[int], *, now: datetime | None = None
+    session: Session,
+    message_ids: Sequence[int],
+    *,
+    now: datetime | None = None,
+    token: str | None = None,
 ) -> Claim:
     """Atomically take the rows of *message_ids* that are still to send.
 
@@ -59,7 +66,7 @@ def claim_batch(
     makes re-running a batch (a redelivered queue message) safe.
     """
     now = now or utcnow()
-    token = secrets.token_hex(8)
+    token = token or secrets.token_hex(8)
     due = or_(
         col(Message.state) == MessageState.QUEUED,
         and_(
@@ -85,6 +92,7 @@ def claim_batch(
             col(Message.to_address),
             col(Message.to_name),
             col(Message.attempts),
+            col(Message.queued_at),
         )
         .where(
             col(Message.id).in_(list(message_ids)),  # the primary key, not a scan for the token
@@ -100,6 +108,7 @@ _STATE_OF = {
     DeliveryStatus.ACCEPTED: MessageState.SENT,
     DeliveryStatus.DEFERRED: MessageState.DEFERRED,
     DeliveryStatus.REJECTED: MessageState.FAILED,
+    DeliveryStatus.HELD: MessageState.DEFERRED,  # not attempted: the attempt is given back
 }
 
 
@@ -141,7 +150,10 @@ def record_results(
         if result.message_id not in held:
             continue
         state = _STATE_OF[result.status]
-        if state is MessageState.DEFERRED and attempts.get(result.message_id, 0) >= max_attempts:
+        tries = attempts.get(result.message_id, 0)
+        if result.status is DeliveryStatus.HELD:
+            tries = max(0, tries - 1)
+        elif state is MessageState.DEFERRED and tries >= max_attempts:
             state = MessageState.FAILED
         MESSAGE_STATE.check(MessageState.SENDING, state)
         by_state.setdefault(state, []).append(result.message_id)
@@ -149,6 +161,7 @@ def record_results(
             {
                 "id": result.message_id,
                 "state": state.value,
+                "attempts": tries,
                 "relay": result.relay[:200],
                 "reply_code": result.code,
                 "reply_text": result.text[:1000],
@@ -309,3 +322,37 @@ def last_activity(session: Session, campaign_id: int) -> datetime | None:
     return session.execute(
         select(func.max(col(Message.updated_at))).where(col(Message.campaign_id) == campaign_id)
     ).scalar()
+
+
+def claim_of(session: Session, token: str) -> Claim:
+    """The rows a claim still holds (to apply a dead worker's journal to them)."""
+    rows = session.execute(
+        select(
+            col(Message.id),
+            col(Message.contact_id),
+            col(Message.to_address),
+            col(Message.to_name),
+            col(Message.attempts),
+            col(Message.queued_at),
+        )
+        .where(col(Message.claim_token) == token, col(Message.state) == MessageState.SENDING)
+        .order_by(col(Message.id))
+    ).all()
+    return Claim(token, [ClaimedRow(*row) for row in rows])
+
+
+def release_claim(session: Session, token: str, *, now: datetime | None = None) -> list[int]:
+    """Offer again, at once, the rows a dead worker claimed and never reported; returns
+    their campaigns.  (Its journal said nothing about them: they were not sent, or were
+    in flight when it died, and then a resend is the at-most-one duplicate we accept.)"""
+    stale = and_(col(Message.claim_token) == token, col(Message.state) == MessageState.SENDING)
+    campaigns = list(
+        session.execute(select(col(Message.campaign_id)).where(stale).distinct()).scalars()
+    )
+    session.execute(
+        update(Message)
+        .where(stale)
+        .values(state=MessageState.QUEUED, claim_token=None, updated_at=now or utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return [c for c in campaigns if c is not None]

@@ -10,12 +10,14 @@ from typing import Any
 
 from mailer.core.queue import enqueue
 from mailer.scheduler.tasks import recover_stalled_sends, start_due_campaigns
+from mailer.tracking.tasks import purge_expired_events
 
 log = logging.getLogger(__name__)
 
 PERIODIC: tuple[tuple[Callable[..., Any], float], ...] = (
     (start_due_campaigns, 15.0),
     (recover_stalled_sends, 60.0),
+    (purge_expired_events, 6 * 3600.0),
 )
 
 

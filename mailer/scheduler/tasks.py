@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from mailer.campaigns.pipeline import recover_journals
 from mailer.campaigns.service import (
     due_campaign_ids,
     enqueue_pending,
@@ -12,7 +13,7 @@ from mailer.campaigns.service import (
     sweep_sending_campaigns,
 )
 from mailer.core.config import get_settings
-from mailer.core.errors import MailerError
+from mailer.core.errors import Conflict, MailerError
 from mailer.core.queue import task
 from mailer.events.models import EventKind
 from mailer.events.service import append as append_event
@@ -31,6 +32,8 @@ def start_due_campaigns() -> None:
         try:
             with session_scope() as session:
                 start_campaign(session, account_id, campaign_id)
+        except Conflict:
+            continue  # another worker started it first
         except MailerError as exc:
             log.error("scheduled campaign %s could not start: %s", campaign_id, exc)
             continue
@@ -42,6 +45,8 @@ def recover_stalled_sends() -> None:
     """Settle rows of workers that died mid-batch, then complete finished campaigns and
     re-enqueue stalled ones (see release_expired_claims and sweep_sending_campaigns)."""
     settings = get_settings()
+    # Journals of dead workers on this machine first: their outcomes, then their rows.
+    recover_journals(settings)
     with session_scope() as session:
         released = release_expired_claims(
             session,

@@ -20,7 +20,7 @@ from mailer.accounts.service import (
     get_account,
     user_principal,
 )
-from mailer.analytics.service import ledger_totals
+from mailer.analytics.service import campaign_stats, ledger_totals
 from mailer.audience import service as audience
 from mailer.audience.importer import ImportReport
 from mailer.campaigns import service as campaigns
@@ -28,9 +28,7 @@ from mailer.content import store as templates
 from mailer.content.preview import sample_subject
 from mailer.core.config import get_settings
 from mailer.core.errors import AuthenticationFailed, MailerError
-from mailer.core.tokens import BadToken
 from mailer.delivery import service as delivery
-from mailer.tracking import service as tracking
 from mailer.web.auth import (
     CsrfChecked,
     Editor,
@@ -259,6 +257,7 @@ def campaign_detail(
         "campaign_detail.html",
         campaign=campaign,
         counts=counts,
+        live=campaigns.campaign_progress(session, campaign) if campaign.started_at else None,
         template=template,
         lst=(
             audience.get_list(session, principal.account_id, campaign.list_id)
@@ -277,6 +276,11 @@ def campaign_detail(
             segment_id=campaign.segment_id,
         ),
         sample_subject=sample_subject(campaign.subject or template.subject),
+        stats=(
+            campaign_stats(session, principal.account_id, campaign_id)
+            if campaign.started_at is not None
+            else None
+        ),
         findings=template_findings(
             session,
             principal.account_id,
@@ -319,6 +323,24 @@ def campaign_schedule(
 def campaign_action(
     request: Request, campaign_id: Id, action: str, session: SessionDep, principal: Sender
 ) -> Response:
+    if action == "resend-failed":
+        try:
+            child = campaigns.resend_failed(
+                session, principal.account_id, campaign_id, created_by=principal.actor
+            )
+        except MailerError as exc:
+            session.rollback()
+            flash(request, tr(exc), "error")
+            return redirect(f"/campaigns/{campaign_id}")
+        audit(
+            session,
+            principal,
+            "campaign.resend_failed",
+            f"campaign:{campaign_id}",
+            ip=client_ip(request),
+        )
+        flash(request, "Se creó una campaña en borrador con los destinatarios fallidos.")
+        return redirect(f"/campaigns/{child.id}")
     messages = {
         "send": "Envío iniciado.",
         "pause": "Campaña en pausa.",
@@ -405,47 +427,6 @@ def captured_html(captured_id: Id, session: SessionDep, principal: Reader) -> Re
     captured = delivery.get_captured(session, _captured_scope(principal), captured_id)
     _parsed, html_body, _text = _parts(captured.data)
     return HTMLResponse(html_body or "", headers=SANDBOX_HEADERS)
-
-
-# -- unsubscribe (public: the token is the credential) ---------------------------------
-
-
-@router.get("/u/{token}")
-def unsubscribe_page(request: Request, token: str, session: SessionDep) -> HTMLResponse:
-    try:
-        target = tracking.resolve_unsubscribe(session, request.app.state.settings.secret_key, token)
-    except (BadToken, MailerError):
-        return render(request, "unsubscribe.html", status_code=404, invalid=True)
-    return render(request, "unsubscribe.html", target=target, token=token, done=False)
-
-
-@router.post("/u/{token}")
-def unsubscribe_submit(
-    request: Request,
-    token: str,
-    session: SessionDep,
-    list_unsubscribe: Annotated[str, Form(alias="List-Unsubscribe")] = "",
-) -> Response:
-    """RFC 8058 one-click (``List-Unsubscribe=One-Click``) and the page's button alike.
-
-    No CSRF token: mail providers POST here directly; the signed token is the credential.
-    """
-    one_click = list_unsubscribe == "One-Click"
-    try:
-        target = tracking.unsubscribe(
-            session,
-            request.app.state.settings.secret_key,
-            token,
-            source="one-click" if one_click else "page",
-        )
-    except (BadToken, MailerError):
-        if one_click:
-            return Response(status_code=404)
-        return render(request, "unsubscribe.html", status_code=404, invalid=True)
-    session.commit()
-    if one_click:
-        return Response(status_code=200)
-    return render(request, "unsubscribe.html", target=target, token=token, done=True)
 
 
 def error_page(request: Request, exc: MailerError) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from mailer.core.config import Settings
 from mailer.events.models import Event
 from mailer.messages.models import Message, MessageState
 from mailer.storage.db import session_scope
+from mailer.tracking.urls import read_click_token
 from mailer.workers import configure_broker, start_worker
 from tests.conftest import RABBITMQ_URL, REDIS_URL, require_server
 from tests.helpers import (
@@ -69,7 +71,14 @@ def check_delivery(settings: Settings, world: World, recorder: Recorder) -> None
         html = message.get_body(("html",)).get_content()
         text = message.get_body(("plain",)).get_content()
         assert f"Hola Nombre{index} de Empresa {index} S.A.C." in html
-        assert f"C{index:05d}" in text and f"portal?c=C{index:05d}" in html
+        assert f"C{index:05d}" in text
+        # Links go through the click redirect, which leads to the personalised URL.
+        targets = {
+            read_click_token(settings.secret_key, token).url
+            for token in re.findall(r"/t/c/([A-Za-z0-9_.-]+)", html)
+        }
+        assert f"https://www.example.pe/portal?c=C{index:05d}" in targets
+        assert "/t/o/" in html  # the open pixel
         assert 'style="' in html and "@media" in html  # inlined once, media query kept
     # The ledger says 1,000 sent, with the reply and the Message-ID of each.
     with session_scope(settings) as session:
@@ -188,7 +197,7 @@ def test_rejections_and_deferrals_are_recorded_not_raised(
         }
         rejected, deferred = rows["reject-nadie@example.pe"], rows["defer-lleno@example.pe"]
         assert (rejected.state, rejected.reply_code) == ("failed", 550)
-        assert (deferred.state, deferred.reply_code) == ("deferred", 451)
+        assert (deferred.state, deferred.reply_code) == ("deferred", 450)
         assert deferred.next_attempt_at is not None
         assert get_campaign(session, world.account_id, world.campaign_id).state == "sending"
     # Not due yet: running the batch again sends nothing.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -92,9 +93,35 @@ def test_user_import_and_campaign_send_from_the_command_line(
         assert sent.exit_code == 0, sent.output
         listing = runner.invoke(app, ["campaign", "list"])
         assert "completed" in listing.output
+        status = runner.invoke(app, ["campaign", "status", "1", "--json"])
+        assert status.exit_code == 0, status.output
+        progress = json.loads(status.output)
+        assert (progress["state"], progress["sent"], progress["pending"]) == ("completed", 25, 0)
+        table = runner.invoke(app, ["campaign", "status", "1"])
+        assert "tiempo estimado" in table.output and "enviados" in table.output
+        nothing_failed = runner.invoke(app, ["campaign", "resend-failed", "1"])
+        assert nothing_failed.exit_code == 1 and "no failed recipients" in nothing_failed.output
+        relays = runner.invoke(app, ["relays"])
+        assert relays.exit_code == 0 and "127.0.0.1" in relays.output
     finally:
         relay.stop()
     assert len(recorder.messages) == 25
+
+
+def test_bounces_parse_prints_the_classification_as_json(sqlite_settings: Settings) -> None:
+    sample = Path(__file__).parents[2] / "fixtures" / "bounces" / "samples"
+    result = runner.invoke(
+        app, ["bounces", "parse", str(sample / "lhost-postfix-02.eml"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["kind"] == "bounce"
+    by_address = {r["address"]: r for r in report["recipients"]}
+    assert by_address["userunknown@example.co.jp"]["hard"] is True
+    assert by_address["userunknown@example.co.jp"]["reason"] == "userunknown"
+    assert by_address["userunknown@example.co.jp"]["status"] == "5.1.1"
+    missing = runner.invoke(app, ["bounces", "parse", "/nonexistent.eml"])
+    assert missing.exit_code != 0
 
 
 def test_worker_refuses_to_run_without_a_shared_broker(sqlite_settings: Settings) -> None:

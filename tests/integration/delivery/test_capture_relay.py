@@ -83,7 +83,7 @@ def test_recipient_rules_per_recipient_and_queue_id() -> None:
         refused, reply = asyncio.run(send(relay.port))
     assert refused["reject-x@example.pe"].code == 550
     assert refused["reject-x@example.pe"].message == "5.1.1 user unknown"
-    assert refused["Defer-y@example.pe"].code == 451
+    assert refused["Defer-y@example.pe"].code == 450
     assert reply.startswith("OK queued as C")
     assert [rcpt_tos for _, rcpt_tos, _ in sink.messages] == [["ok@example.pe"]]
 

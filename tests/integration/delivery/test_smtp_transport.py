@@ -287,8 +287,8 @@ def test_reject_and_defer_recipients(relay: CaptureRelay, captured: Captured) ->
 
     deferred = results[3]
     assert deferred.status is DeliveryStatus.DEFERRED
-    assert deferred.code == 451
-    assert deferred.text == "RCPT: 4.3.0 try again later"
+    assert deferred.code == 450
+    assert deferred.text == "RCPT: 4.2.1 mailbox temporarily unavailable"
     assert deferred.retry_at is not None
     assert deferred.retry_at - before >= dt.timedelta(minutes=4, seconds=59)
 

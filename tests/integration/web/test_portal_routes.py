@@ -259,3 +259,56 @@ def test_a_new_password_ends_open_sessions(
     with session_scope() as session:
         set_password(session, "viewer@example.pe", "otra clave larga 456")
     assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+
+
+def test_progress_guard_reason_and_resend_to_failed_in_the_portal(
+    client: TestClient, world: World, sqlite_settings: Settings
+) -> None:
+    from mailer.audience.service import add_contact
+    from mailer.campaigns.service import check_reputation, get_campaign
+
+    relay, _recorder = start_recording_relay()
+    try:
+        login(client, "manager@example.pe")
+        with session_scope() as session:
+            for i in range(2):
+                add_contact(
+                    session, world.account_id, f"reject-{i}@example.pe", list_id=world.list_id
+                )
+            start_campaign(session, world.account_id, world.campaign_id)
+        with session_scope() as session:
+            ids = pending_ids(session, world.campaign_id)
+        settings = sqlite_settings.model_copy(
+            update={
+                "relay": sqlite_settings.relay.model_copy(update={"port": relay.port}),
+                "delivery": sqlite_settings.delivery.model_copy(
+                    update={"guard_min_sample": 1000}  # judged below, after the send
+                ),
+            }
+        )
+        pipeline.send_batch(world.campaign_id, ids[:4], settings=settings)  # one bounces
+    finally:
+        relay.stop()
+    page = client.get(f"/campaigns/{world.campaign_id}")
+    assert 'id="live-progress"' in page.text and "Tiempo estimado" in page.text
+    # The reputation guard pauses it (one of four bounced) and says why.
+    with session_scope() as session:
+        strict = sqlite_settings.delivery.model_copy(update={"guard_min_sample": 1})
+        reason = check_reputation(
+            session, world.campaign_id, sqlite_settings.model_copy(update={"delivery": strict})
+        )
+    page = client.get(f"/campaigns/{world.campaign_id}")
+    assert reason and 'id="state-reason"' in page.text and "tasa de rebote" in page.text
+    assert 'id="action-resend-failed"' in page.text
+    token = csrf(client, f"/campaigns/{world.campaign_id}")
+    response = client.post(
+        f"/campaigns/{world.campaign_id}/resend-failed",
+        data={"csrf_token": token},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    child_id = int(response.headers["location"].rsplit("/", 1)[1])
+    with session_scope() as session:
+        child = get_campaign(session, world.account_id, child_id)
+        assert child.parent_id == world.campaign_id and child.state == "draft"
+    assert f'href="/campaigns/{world.campaign_id}"' in client.get(f"/campaigns/{child_id}").text
