@@ -76,9 +76,12 @@ def _configure(
         "MAILER_SECRET_KEY": "test-secret-" + "x" * 32,
         "MAILER_BROKER_URL": "",
         "MAILER_CONFIG": str(tmp_path / "absent.toml"),
-        # Nothing leaves the machine: DNS goes to a closed local port (lookups fail at once
-        # and verdicts are "unknown"); cleaning tests point it at their own unbound.
+        # Nothing leaves the machine: DNS goes to a closed local port and verdicts are
+        # "unknown"; cleaning tests point it at their own unbound (and set their timeout).
+        # An unconnected UDP socket is not told the port is closed, so a lookup waits for
+        # its timeout: keep it short.
         "MAILER_DNS_SERVERS": f"127.0.0.1:{CLOSED_DNS_PORT}",
+        "MAILER_DNS__TIMEOUT_SECONDS": "0.1",
         **env,
     }
     for key, value in values.items():

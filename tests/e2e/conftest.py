@@ -111,6 +111,7 @@ def _server_env(workdir: Path, http_port: int, capture_port: int) -> dict[str, s
         MAILER_CONFIG=str(workdir / "absent.toml"),
         # Nothing leaves the machine: DNS lookups go to a closed local port.
         MAILER_DNS_SERVERS=f"127.0.0.1:{CLOSED_DNS_PORT}",
+        MAILER_DNS__TIMEOUT_SECONDS="0.1",
         NO_COLOR="1",
         TERM="dumb",
         COLUMNS="200",
