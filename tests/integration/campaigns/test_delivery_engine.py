@@ -354,3 +354,61 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_resends_at_most_one_per_con
         ids_by_address.setdefault(rcpts[0], set()).add(str(message["Message-ID"]))
     assert all(len(v) == 1 for v in ids_by_address.values())  # a duplicate: same Message-ID
     assert count_by_state_of(settings, world) == {"sent": 400}
+
+
+@pytest.mark.redis
+def test_two_worker_processes_on_postgresql_and_redis_survive_kill_9(
+    relay: tuple[int, Recorder], configure: object, postgres_url: str, tmp_path: Path
+) -> None:
+    """The scale setup: `mailer worker --processes 2` on PostgreSQL + Redis, every worker
+    killed with SIGKILL mid-campaign, then started again."""
+    import redis as redis_client
+
+    from mailer.campaigns.service import send_now
+    from tests.conftest import REDIS_URL, require_server
+
+    require_server("Redis", "127.0.0.1", 6379)
+    port, recorder = relay
+    redis_client.Redis.from_url(REDIS_URL).flushdb()
+    settings = configure(  # type: ignore[operator]
+        postgres_url,
+        MAILER_RELAY__PORT=str(port),
+        MAILER_RELAY__MAX_CONNECTIONS="2",
+        MAILER_BROKER_URL=REDIS_URL,
+        MAILER_BATCH_SIZE="50",
+    )
+    world = build_world(settings, tmp_path, 600)
+    env = dict(os.environ)
+    command = [str(Path(sys.executable).parent / "mailer"), "worker", "--processes", "2"]
+
+    def start_workers() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(command, env=env, start_new_session=True)
+
+    workers = start_workers()
+    try:
+        send_now(world.account_id, world.campaign_id)
+        deadline = time.monotonic() + 120
+        while len(recorder.messages) < 150 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        children = Path(f"/proc/{workers.pid}/task/{workers.pid}/children").read_text().split()
+        for pid in children:
+            os.kill(int(pid), signal.SIGKILL)
+        workers.wait(timeout=30)
+        assert len(recorder.messages) < 600, "the kill must land mid-campaign"
+        workers = start_workers()  # applies the dead workers' journals, then goes on
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            with session_scope(settings) as session:
+                if get_campaign(session, world.account_id, world.campaign_id).state != "sending":
+                    break
+            time.sleep(0.25)
+    finally:
+        workers.send_signal(signal.SIGTERM)
+        try:
+            workers.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(workers.pid, signal.SIGKILL)
+    received = Counter(rcpts[0] for _f, rcpts, _d in recorder.messages)
+    assert len(received) == 600  # nobody lost
+    assert sum(n - 1 for n in received.values()) <= 2 * 2  # one per open connection at most
+    assert count_by_state_of(settings, world) == {"sent": 600}
