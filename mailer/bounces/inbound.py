@@ -26,7 +26,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType, TracebackType
 
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailer.bounces.service import (
@@ -36,6 +35,7 @@ from mailer.bounces.service import (
     handle_inbound,
 )
 from mailer.core.config import Settings
+from mailer.delivery.capture import PortZeroController
 from mailer.storage.db import load_models, session_scope
 
 __all__ = ["InboundReceiver", "accepts_recipient", "run_inbound"]
@@ -112,16 +112,6 @@ class _InboundHandler:
             return handle_inbound(db, self.settings, mail_from, rcpt_tos, data)
 
 
-class _Controller(Controller):
-    """aiosmtpd's Controller, able to listen on port 0 (it assumes a fixed port)."""
-
-    def _trigger_server(self) -> None:
-        # Called once the server listens, before the first connection is made to it.
-        if self.port == 0 and isinstance(self.server, asyncio.Server):
-            self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()  # type: ignore[no-untyped-call]
-
-
 class InboundReceiver:
     """The inbound SMTP server: ``start()`` / ``stop()``, or a context manager.  *host* and
     *port* default to ``settings.inbound``; port 0 picks a free one (:attr:`port`).
@@ -144,7 +134,7 @@ class InboundReceiver:
         self._workers = workers
         self._idle_timeout = idle_timeout
         self._executor: ThreadPoolExecutor | None = None
-        self._controller: _Controller | None = None
+        self._controller: PortZeroController | None = None
 
     @property
     def port(self) -> int:
@@ -162,7 +152,7 @@ class InboundReceiver:
             return self
         load_models()  # every table the ledger's foreign keys name, in a process of its own
         self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="inbound")
-        controller = _Controller(
+        controller = PortZeroController(
             _InboundHandler(self.settings, self._executor),
             hostname=self.host,
             port=self._requested_port,

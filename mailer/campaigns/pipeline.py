@@ -45,9 +45,9 @@ from mailer.delivery.domains import load_domain
 from mailer.delivery.journal import Journal, orphaned_journals
 from mailer.delivery.mime import MessageHeaders, assemble
 from mailer.delivery.pool import DeliveryLoop, RelayPool
-from mailer.delivery.quota import give_back, reserve
+from mailer.delivery.quota import any_limited, give_back, reserve
 from mailer.delivery.service import ACCOUNT_HEADER
-from mailer.delivery.verp import header_message_id, return_path, verp_token
+from mailer.delivery.verp import header_message_id, verp_address, verp_token
 from mailer.events.models import EventKind
 from mailer.events.service import append_many
 from mailer.messages.models import Message, MessageState
@@ -255,7 +255,7 @@ def build_envelope(
         ),
     )
     data = compiled.signer.sign(data)
-    sender = return_path(compiled.secret, row.id, compiled.bounce_domain)
+    sender = verp_address(token, compiled.bounce_domain)
     return Envelope(row.id, sender, row.to_address, data), message_id
 
 
@@ -566,8 +566,8 @@ def send_batch(
             compiled, claim.rows, contact_fields(contacts)
         )
         day = local_day(settings, utcnow())
-        budgets: dict[str, int | None] = {}
-        if envelopes:
+        budgets: dict[str, int | None] = {}  # no entry: no limit
+        if envelopes and any_limited(settings.pool_relays):
             with session_scope(settings) as session:
                 budgets = reserve(session, settings.pool_relays, len(envelopes), day)
         for failure in failures:

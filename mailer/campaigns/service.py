@@ -364,12 +364,7 @@ def check_reputation(
     past its threshold once enough messages were attempted; returns the reason if paused.
     """
     policy = (settings or get_settings()).delivery
-    campaign = session.execute(
-        sm_select(Campaign)
-        .where(col(Campaign.id) == campaign_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one_or_none()
+    campaign = _locked(session, campaign_id)
     if campaign is None or campaign.state != CampaignState.SENDING:
         return None
     figures = reputation(session, campaign_id)
@@ -460,6 +455,17 @@ def campaign_progress(
     }
 
 
+def _locked(session: Session, campaign_id: int) -> Campaign | None:
+    """The campaign, re-read with its row locked (PostgreSQL) until the transaction ends."""
+    campaign: Campaign | None = session.execute(
+        sm_select(Campaign)
+        .where(col(Campaign.id) == campaign_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    return campaign
+
+
 def complete_if_done(session: Session, campaign_id: int) -> bool:
     """Close a sending campaign whose ledger has nothing left to send.
 
@@ -467,12 +473,7 @@ def complete_if_done(session: Session, campaign_id: int) -> bool:
     time serialise here, so the second one sees the first one's rows (PostgreSQL; SQLite
     serialises writers anyway).
     """
-    campaign = session.execute(
-        sm_select(Campaign)
-        .where(col(Campaign.id) == campaign_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one_or_none()
+    campaign = _locked(session, campaign_id)
     if campaign is None or campaign.state != CampaignState.SENDING:
         return False
     if has_open_rows(session, campaign_id):

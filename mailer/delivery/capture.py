@@ -30,7 +30,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-__all__ = ["CaptureRelay", "Sink"]
+__all__ = ["CaptureRelay", "PortZeroController", "Sink"]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class _CaptureHandler:
         return f"250 OK queued as C{self._id_prefix}{next(self._ids):08X}"
 
 
-class _Controller(Controller):
+class PortZeroController(Controller):
     """aiosmtpd's Controller, able to listen on port 0 (it assumes a fixed port)."""
 
     def _trigger_server(self) -> None:
@@ -126,7 +126,7 @@ class CaptureRelay:
         if tls_context is not None and not implicit_tls:
             smtp_options["tls_context"] = tls_context
             smtp_options["require_starttls"] = require_starttls
-        self._controller = _Controller(
+        self._controller = PortZeroController(
             self._handler,
             hostname=host,
             port=port,

@@ -95,14 +95,8 @@ class _Relay:
         transport = self.transports.get(provider)
         if transport is None:
             relay = self.settings
-            transport = SmtpTransport(
-                host=relay.host,
-                port=relay.port,
-                starttls=relay.starttls,
-                implicit_tls=relay.implicit_tls,
-                username=relay.username,
-                password=relay.password,
-                timeout=relay.timeout_seconds,
+            transport = SmtpTransport.for_relay(
+                relay,
                 max_connections=min(relay.max_connections, limits.connections),
                 messages_per_connection=min(
                     relay.messages_per_connection, limits.messages_per_connection

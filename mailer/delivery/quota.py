@@ -19,7 +19,7 @@ from sqlmodel import Session, col
 from mailer.core.config import RelaySettings
 from mailer.delivery.models import RelayUsage
 
-__all__ = ["daily_allowance", "give_back", "reserve", "usage_on"]
+__all__ = ["any_limited", "daily_allowance", "give_back", "reserve", "usage_on"]
 
 
 def daily_allowance(relay: RelaySettings, day: date, first_day: date | None) -> int | None:
@@ -36,6 +36,11 @@ def daily_allowance(relay: RelaySettings, day: date, first_day: date | None) -> 
 
 def _limited(relay: RelaySettings) -> bool:
     return bool(relay.daily_cap or relay.warmup_start)
+
+
+def any_limited(relays: list[RelaySettings]) -> bool:
+    """Whether any relay has a daily cap or a warm-up (else nothing needs reserving)."""
+    return any(_limited(relay) for relay in relays)
 
 
 def reserve(

@@ -25,18 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def transport_from_settings(settings: Settings) -> Transport:
-    relay = settings.relay
-    return SmtpTransport(
-        host=relay.host,
-        port=relay.port,
-        starttls=relay.starttls,
-        implicit_tls=relay.implicit_tls,
-        username=relay.username,
-        password=relay.password,
-        timeout=relay.timeout_seconds,
-        max_connections=relay.max_connections,
-        messages_per_connection=relay.messages_per_connection,
-    )
+    return SmtpTransport.for_relay(settings.relay)
 
 
 ACCOUNT_HEADER = "X-Mailer-Account"

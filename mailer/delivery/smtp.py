@@ -38,11 +38,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import aiosmtplib
 import aiosmtplib.protocol
 
 from mailer.core.clock import utcnow
+from mailer.core.config import RelaySettings
 from mailer.core.errors import ConfigError
 from mailer.core.types import DeliveryResult, DeliveryStatus, Envelope
 
@@ -181,6 +183,22 @@ class SmtpTransport:
         self._idle: list[_Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: asyncio.Semaphore | None = None
+
+    @classmethod
+    def for_relay(cls, relay: RelaySettings, **overrides: Any) -> SmtpTransport:
+        """A transport for a configured relay; *overrides* replace its settings."""
+        options: dict[str, Any] = {
+            "host": relay.host,
+            "port": relay.port,
+            "starttls": relay.starttls,
+            "implicit_tls": relay.implicit_tls,
+            "username": relay.username,
+            "password": relay.password,
+            "timeout": relay.timeout_seconds,
+            "max_connections": relay.max_connections,
+            "messages_per_connection": relay.messages_per_connection,
+        }
+        return cls(**{**options, **overrides})
 
     def __repr__(self) -> str:
         return f"SmtpTransport({self.relay!r}, max_connections={self.max_connections})"

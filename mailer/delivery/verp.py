@@ -14,7 +14,13 @@ import hashlib
 import hmac
 import re
 
-__all__ = ["header_message_id", "parse_return_path", "return_path", "verp_token"]
+__all__ = [
+    "header_message_id",
+    "parse_return_path",
+    "return_path",
+    "verp_address",
+    "verp_token",
+]
 
 _PREFIX = "bounces+"
 _TOKEN = re.compile(r"([0-9]+)-([0-9a-f]{12})\Z")
@@ -30,7 +36,12 @@ def verp_token(secret: str, message_id: int) -> str:
 
 
 def return_path(secret: str, message_id: int, bounce_domain: str) -> str:
-    return f"{_PREFIX}{verp_token(secret, message_id)}@{bounce_domain}"
+    return verp_address(verp_token(secret, message_id), bounce_domain)
+
+
+def verp_address(token: str, bounce_domain: str) -> str:
+    """The return path of a :func:`verp_token` already computed."""
+    return f"{_PREFIX}{token}@{bounce_domain}"
 
 
 def parse_return_path(secret: str, address: str) -> int | None:

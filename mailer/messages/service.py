@@ -45,6 +45,17 @@ class ClaimedRow:
     queued_at: datetime | None = None
 
 
+# What a worker reads of each row it claims, in ClaimedRow's order.
+_CLAIMED_COLUMNS = (
+    col(Message.id),
+    col(Message.contact_id),
+    col(Message.to_address),
+    col(Message.to_name),
+    col(Message.attempts),
+    col(Message.queued_at),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """Rows a worker took, under a token only it knows."""
@@ -86,14 +97,7 @@ def claim_batch(
         )
     )
     rows = session.execute(
-        select(
-            col(Message.id),
-            col(Message.contact_id),
-            col(Message.to_address),
-            col(Message.to_name),
-            col(Message.attempts),
-            col(Message.queued_at),
-        )
+        select(*_CLAIMED_COLUMNS)
         .where(
             col(Message.id).in_(list(message_ids)),  # the primary key, not a scan for the token
             col(Message.claim_token) == token,
@@ -327,14 +331,7 @@ def last_activity(session: Session, campaign_id: int) -> datetime | None:
 def claim_of(session: Session, token: str) -> Claim:
     """The rows a claim still holds (to apply a dead worker's journal to them)."""
     rows = session.execute(
-        select(
-            col(Message.id),
-            col(Message.contact_id),
-            col(Message.to_address),
-            col(Message.to_name),
-            col(Message.attempts),
-            col(Message.queued_at),
-        )
+        select(*_CLAIMED_COLUMNS)
         .where(col(Message.claim_token) == token, col(Message.state) == MessageState.SENDING)
         .order_by(col(Message.id))
     ).all()

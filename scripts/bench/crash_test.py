@@ -27,32 +27,16 @@ from engine import (
     REDIS,
     bench_env,
     counts,
-    flush_redis,
-    prepare_campaign,
+    launch_on_workers,
     provider_domain,
     scratch_database,
+    sent_so_far,
     start_workers,
     stop_workers,
     wait_until_done,
     worker_children,
 )
 from sinkdump import DumpSink, tally
-
-
-def sent_so_far(campaign_id: int) -> int:
-    from sqlalchemy import func, select
-
-    from mailer.messages.models import Message
-    from mailer.storage.db import session_scope
-
-    with session_scope() as session:
-        return int(
-            session.execute(
-                select(func.count()).where(
-                    Message.campaign_id == campaign_id, Message.state == "sent"
-                )
-            ).scalar_one()
-        )
 
 
 def main() -> None:
@@ -80,18 +64,9 @@ def main() -> None:
                 MAILER_RELAY__MAX_CONNECTIONS=str(args.connections),
                 MAILER_WORKER_THREADS=str(args.threads),
             )
-            flush_redis(REDIS)
-            account_id, campaign_id = prepare_campaign(
-                workdir, args.recipients, html_kb=args.html_kb
+            account_id, campaign_id, workers, started = launch_on_workers(
+                env, workdir, args, "crash-test"
             )
-            from mailer.campaigns.service import send_now
-            from mailer.workers import configure_broker
-
-            configure_broker(force=True)
-            workers = start_workers(env, args.processes, args.threads)
-            time.sleep(3)
-            started = time.perf_counter()
-            send_now(account_id, campaign_id, actor="crash-test")
             step = args.recipients // (args.kills + 2)
             for kill in range(1, args.kills + 1):
                 while sent_so_far(campaign_id) < step * kill:

@@ -222,3 +222,37 @@ def wait_until_done(account_id: int, campaign_id: int, timeout: float) -> dict[s
             break
         time.sleep(0.1)
     return counts(account_id, campaign_id)
+
+
+def sent_so_far(campaign_id: int) -> int:
+    from sqlalchemy import func, select
+
+    from mailer.messages.models import Message
+    from mailer.storage.db import session_scope
+
+    with session_scope() as session:
+        return int(
+            session.execute(
+                select(func.count()).where(
+                    Message.campaign_id == campaign_id, Message.state == "sent"
+                )
+            ).scalar_one()
+        )
+
+
+def launch_on_workers(
+    env: dict[str, str], workdir: Path, args: Any, actor: str
+) -> tuple[int, int, subprocess.Popen[bytes], float]:
+    """Prepare the campaign, start `mailer worker` processes, start the campaign: returns
+    the account and campaign ids, the workers' parent process and the start time."""
+    from mailer.campaigns.service import send_now
+    from mailer.workers import configure_broker
+
+    flush_redis(REDIS)
+    account_id, campaign_id = prepare_campaign(workdir, args.recipients, html_kb=args.html_kb)
+    configure_broker(force=True)
+    workers = start_workers(env, args.processes, args.threads)
+    time.sleep(3)  # let the worker processes boot before the clock starts
+    started = time.perf_counter()
+    send_now(account_id, campaign_id, actor=actor)
+    return account_id, campaign_id, workers, started

@@ -24,16 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from crash_test import sent_so_far
 from engine import (
     REDIS,
     bench_env,
     counts,
-    flush_redis,
-    prepare_campaign,
+    launch_on_workers,
     provider_domain,
     scratch_database,
-    start_workers,
+    sent_so_far,
     stop_workers,
     wait_until_done,
 )
@@ -73,18 +71,9 @@ def main() -> None:
                 MAILER_WORKER_THREADS=str(args.threads),
                 MAILER_DELIVERY__RELAY_DOWN_SECONDS="5",
             )
-            flush_redis(REDIS)
-            account_id, campaign_id = prepare_campaign(
-                workdir, args.recipients, html_kb=args.html_kb
+            account_id, campaign_id, workers, started = launch_on_workers(
+                env, workdir, args, "relay-faults"
             )
-            from mailer.campaigns.service import send_now
-            from mailer.workers import configure_broker
-
-            configure_broker(force=True)
-            workers = start_workers(env, args.processes, args.threads)
-            time.sleep(3)
-            started = time.perf_counter()
-            send_now(account_id, campaign_id, actor="relay-faults")
             c_restored = b_killed = False
             while True:
                 elapsed = time.perf_counter() - started

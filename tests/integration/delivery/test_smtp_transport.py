@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from mailer.core.errors import ConfigError
 from mailer.core.ports import Transport
 from mailer.core.types import DeliveryStatus, Envelope
-from mailer.delivery.capture import CaptureRelay, _Controller
+from mailer.delivery.capture import CaptureRelay, PortZeroController
 from mailer.delivery.mime import MessageHeaders, assemble, new_message_id
 from mailer.delivery.smtp import SmtpTransport
 
@@ -121,9 +121,9 @@ class ScriptedHandler:
 
 
 @pytest.fixture
-def scripted() -> Iterator[tuple[ScriptedHandler, _Controller]]:
+def scripted() -> Iterator[tuple[ScriptedHandler, PortZeroController]]:
     handler = ScriptedHandler()
-    controller = _Controller(handler, hostname="127.0.0.1", port=0)
+    controller = PortZeroController(handler, hostname="127.0.0.1", port=0)
     controller.start()
     try:
         yield handler, controller
@@ -188,7 +188,7 @@ def test_200_envelopes_over_4_connections_arrive_exactly_once(
 
 
 def test_connections_are_reused_and_renewed(
-    scripted: tuple[ScriptedHandler, _Controller],
+    scripted: tuple[ScriptedHandler, PortZeroController],
 ) -> None:
     handler, controller = scripted
     transport = _transport(controller.port, max_connections=4, messages_per_connection=25)
@@ -200,7 +200,7 @@ def test_connections_are_reused_and_renewed(
 
 
 def test_idle_connections_are_kept_between_batches(
-    scripted: tuple[ScriptedHandler, _Controller],
+    scripted: tuple[ScriptedHandler, PortZeroController],
 ) -> None:
     handler, controller = scripted
     transport = _transport(controller.port, max_connections=2)
@@ -218,7 +218,7 @@ def test_idle_connections_are_kept_between_batches(
 
 
 def test_concurrent_batches_share_the_connection_limit(
-    scripted: tuple[ScriptedHandler, _Controller],
+    scripted: tuple[ScriptedHandler, PortZeroController],
 ) -> None:
     handler, controller = scripted
     transport = _transport(controller.port, max_connections=3)
@@ -238,7 +238,7 @@ def test_concurrent_batches_share_the_connection_limit(
 
 
 def test_a_new_event_loop_gets_new_connections(
-    scripted: tuple[ScriptedHandler, _Controller],
+    scripted: tuple[ScriptedHandler, PortZeroController],
 ) -> None:
     handler, controller = scripted
     transport = _transport(controller.port, max_connections=2)
@@ -338,7 +338,7 @@ def test_a_silent_server_times_out_into_deferred_results() -> None:
 
 
 def test_a_connection_broken_mid_batch_is_retried_on_a_fresh_one(
-    scripted: tuple[ScriptedHandler, _Controller],
+    scripted: tuple[ScriptedHandler, PortZeroController],
 ) -> None:
     handler, controller = scripted
     handler.drop_data = {3}  # the third DATA loses its connection before the reply
@@ -351,7 +351,7 @@ def test_a_connection_broken_mid_batch_is_retried_on_a_fresh_one(
 
 
 def test_an_envelope_that_breaks_two_connections_is_deferred(
-    scripted: tuple[ScriptedHandler, _Controller],
+    scripted: tuple[ScriptedHandler, PortZeroController],
 ) -> None:
     handler, controller = scripted
     handler.drop_rcpt_prefix = "drop-"
