@@ -390,8 +390,17 @@ def _attribute(name: str, kind: str, op: str, value: Any) -> ColumnElement[bool]
 
 
 def _engagement(op: str, value: Any) -> ColumnElement[bool]:
-    kind = EventKind.CLICKED if op in {"clicked_within", "never_clicked"} else EventKind.OPENED
-    query = exists().where(col(Event.contact_id) == col(Contact.id), col(Event.kind) == kind)
+    # Human activity only: a proxy's prefetch or a link scanner says nothing about the
+    # reader.  A human click implies the message was opened, even if its images were off.
+    if op in {"clicked_within", "never_clicked"}:
+        kinds = [EventKind.CLICKED.value]
+    else:
+        kinds = [EventKind.OPENED.value, EventKind.CLICKED.value]
+    query = exists().where(
+        col(Event.contact_id) == col(Contact.id),
+        col(Event.kind).in_(kinds),
+        col(Event.machine).is_(False),
+    )
     if op in {"opened_within", "clicked_within", "not_opened_within"}:
         query = query.where(col(Event.occurred_at) >= utcnow() - timedelta(days=value))
     if op in {"opened_within", "clicked_within"}:

@@ -516,7 +516,8 @@ def due_campaign_ids(session: Session, now: datetime | None = None) -> list[tupl
 
 
 def sweep_sending_campaigns(quiet_for: timedelta, *, now: datetime | None = None) -> list[int]:
-    """Complete finished campaigns and re-enqueue stalled ones; returns those re-enqueued.
+    """Pause campaigns past the reputation guard, complete finished ones and re-enqueue
+    stalled ones; returns those re-enqueued.
 
     A campaign is stalled when it has rows to send and no ledger row changed for
     *quiet_for*: its queue messages were lost (a broker restart, a crash between commit and
@@ -531,6 +532,11 @@ def sweep_sending_campaigns(quiet_for: timedelta, *, now: datetime | None = None
         )
     stalled = []
     for campaign_id in sending:
+        with session_scope() as session:
+            # Bounces and complaints that arrived by mail (the inbound receiver runs apart
+            # from the senders) count against the guard here, within a minute.
+            if check_reputation(session, campaign_id) is not None:
+                continue
         with session_scope() as session:
             if complete_if_done(session, campaign_id):
                 continue

@@ -26,6 +26,11 @@ class EventKind(StrEnum):
     COMPLAINED = "complained"
     UNSUBSCRIBED = "unsubscribed"  # data: source, list_id (one list) or none (all)
     RESUBSCRIBED = "resubscribed"
+    # SMS: data of each: gateway, parts, provider ids, status / error (sms/ reports them)
+    SMS_SUBMITTED = "sms_submitted"  # accepted by the gateway (submit_sm_resp OK)
+    SMS_DELIVERED = "sms_delivered"  # final receipt: delivered (the allowance is charged)
+    SMS_UNDELIVERED = "sms_undelivered"  # final receipt: undelivered, expired or rejected
+    SMS_INBOUND = "sms_inbound"  # a reply (MO); data: from, to, text, keyword
 
 
 class Event(SQLModel, table=True):

@@ -84,7 +84,9 @@ def _message_and_contact(session: Session, secret: str, token: str) -> tuple[Mes
 def _unsubscribed(session: Session, contact: Contact) -> bool:
     """Whether the address no longer receives mail: unsubscribed, or suppressed when its
     status cannot say so (an invalid address)."""
-    if contact.email_status == ChannelStatus.UNSUBSCRIBED:
+    # A complaint already unsubscribed and suppressed the address, and says more than an
+    # unsubscription: it stays recorded as such.
+    if contact.email_status in (ChannelStatus.UNSUBSCRIBED, ChannelStatus.COMPLAINED):
         return True
     if CHANNEL_STATUS.allowed(ChannelStatus(contact.email_status), ChannelStatus.UNSUBSCRIBED):
         return False

@@ -34,7 +34,12 @@ from mailer.bounces import InboundOutcome, InboundReceiver, handle_inbound, pars
 from mailer.bounces import inbound as inbound_module
 from mailer.bounces.service import Route
 from mailer.campaigns import pipeline
-from mailer.campaigns.service import create_campaign, start_campaign
+from mailer.campaigns.service import (
+    create_campaign,
+    get_campaign,
+    start_campaign,
+    sweep_sending_campaigns,
+)
 from mailer.core.clock import utcnow
 from mailer.core.config import Settings
 from mailer.delivery.verp import header_message_id, return_path, verp_token
@@ -42,6 +47,7 @@ from mailer.events.models import Event, EventKind
 from mailer.messages.models import Message, MessageState
 from mailer.messages.service import claim_batch, pending_ids
 from mailer.storage.db import session_scope
+from mailer.tracking.service import unsubscribe, unsubscribe_token
 from tests.conftest import REPO
 from tests.helpers import DOMAIN, Recorder, World, build_world, start_recording_relay
 from tests.mta import free_port, wait_for_banner
@@ -291,6 +297,55 @@ def test_a_feedback_loop_complaint_complains_and_suppresses_once(sent: Sent, by:
     replay = deliver(sent.settings, FBL_ADDRESS, report, mail_from="fbl@yahoo.example")
     assert (replay.recorded, replay.changed) == (0, 0)
     assert len(events(sent.settings, EventKind.COMPLAINED)) == 1
+
+
+def test_an_unsubscribe_link_after_a_complaint_keeps_the_complaint(sent: Sent) -> None:
+    report = adapt("arf-14.eml", recipient=PERSON, sender=sent.verp, message_id=sent.message_id)
+    deliver(sent.settings, FBL_ADDRESS, report, mail_from="fbl@yahoo.example")
+    assert sent.row.id is not None
+    token = unsubscribe_token(sent.settings.secret_key, sent.row.id)
+    with session_scope(sent.settings) as session:
+        target = unsubscribe(session, sent.settings.secret_key, token, source="one-click")
+    assert target.already
+    assert contact_state(sent) == (ChannelStatus.COMPLAINED, True)
+    assert events(sent.settings, EventKind.UNSUBSCRIBED) == []
+
+
+def test_complaints_by_mail_pause_a_sending_campaign_at_the_next_sweep(
+    configure: object, tmp_path: Path
+) -> None:
+    capture, recorder = start_recording_relay()
+    try:
+        settings: Settings = configure(  # type: ignore[operator]
+            None,
+            MAILER_RELAY__PORT=str(capture.port),
+            MAILER_DELIVERY__BOUNCE_DOMAIN=BOUNCE_DOMAIN,
+            MAILER_DELIVERY__GUARD_MIN_SAMPLE="2",
+            MAILER_INBOUND__DOMAINS=BOUNCE_DOMAIN,
+            MAILER_INBOUND__FBL_ADDRESS=FBL_ADDRESS,
+        )
+        world = build_world(settings, tmp_path, 6)
+        with session_scope(settings) as session:
+            start_campaign(session, world.account_id, world.campaign_id)
+        with session_scope(settings) as session:
+            ids = pending_ids(session, world.campaign_id)
+        pipeline.send_batch(world.campaign_id, ids[:3])  # half sent, the rest still queued
+        with session_scope(settings) as session:
+            row = session.get(Message, ids[0])
+            assert row is not None and row.state == MessageState.SENT
+        sent = Sent(settings, world, recorder, row)
+        report = adapt(
+            "arf-14.eml", recipient=row.to_address, sender=sent.verp, message_id=sent.message_id
+        )
+        outcome = deliver(settings, FBL_ADDRESS, report, mail_from="fbl@yahoo.example")
+        assert outcome.kind == "complaint" and outcome.changed == 1
+        sweep_sending_campaigns(timedelta(hours=1))
+        with session_scope(settings) as session:
+            campaign = get_campaign(session, world.account_id, world.campaign_id)
+            assert campaign.state == "paused"
+            assert "tasa de quejas 33.33%" in campaign.state_reason
+    finally:
+        capture.stop()
 
 
 # --- mailto unsubscribe -----------------------------------------------------------------------

@@ -266,6 +266,18 @@ def test_segments_over_fields_attributes_lists_status_and_engagement(
                 occurred_at=utcnow() - timedelta(days=3),
             )
         )
+        # Rosa's "open" was Apple's proxy fetching the pixel, and a scanner followed a
+        # link: neither is engagement.
+        for kind in (EventKind.OPENED, EventKind.CLICKED):
+            session.add(
+                Event(
+                    account_id=account_id,
+                    kind=kind,
+                    contact_id=people["rosa"].id,
+                    occurred_at=utcnow() - timedelta(days=1),
+                    machine=True,
+                )
+            )
         session.add(
             Event(
                 account_id=account_id,
@@ -300,6 +312,7 @@ def test_segments_over_fields_attributes_lists_status_and_engagement(
         assert who({"field": "email_status", "op": "eq", "value": "unsubscribed"}) == {"baja"}
         assert who({"field": "engagement", "op": "opened_within", "value": 30}) == {"ana"}
         assert who({"field": "engagement", "op": "never_opened"}) == {"rosa", "baja"}
+        assert who({"field": "engagement", "op": "clicked_within", "value": 30}) == set()
         assert who(
             {"field": "email_domain", "op": "eq", "value": "gmail.com"},
             {
