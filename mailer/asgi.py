@@ -24,17 +24,29 @@ from mailer import __version__
 from mailer.analytics.service import ledger_totals
 from mailer.api import errors as api_errors
 from mailer.api.audience import router as audience_api_router
+from mailer.api.formats import install_formats
+from mailer.api.idempotency import install as install_idempotency
+from mailer.api.messages import router as messages_api_router
+from mailer.api.oauth import router as oauth_api_router
+from mailer.api.openapi import install_openapi
 from mailer.api.routes import router as api_router
+from mailer.api.sms import router as sms_api_router
+from mailer.api.webhooks import router as webhooks_api_router
 from mailer.core.config import Settings, get_settings
 from mailer.core.errors import MailerError
 from mailer.core.i18n import negotiate
 from mailer.core.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS
 from mailer.storage.db import get_engine, session_scope
+from mailer.web.admin import router as admin_web_router
 from mailer.web.audience import router as audience_web_router
 from mailer.web.routes import error_page, invalid_form
 from mailer.web.routes import router as web_router
+from mailer.web.shortlinks import router as shortlinks_router
+from mailer.web.sms import router as sms_web_router
 from mailer.web.studio import router as studio_router
+from mailer.web.tracking import TrackingApp
 from mailer.web.tracking import router as tracking_router
+from mailer.web.webhooks import router as webhooks_web_router
 from mailer.workers import broker_reachable, configure_broker, queue_depth
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
@@ -71,7 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     global _collector
     settings = settings or get_settings()
     configure_broker(settings)
-    app = FastAPI(
+    # Tracking hits (pixel, click, trap), the busiest requests by far, are answered before
+    # any middleware and the routing (TrackingApp).
+    app = TrackingApp(
         title="mailer API",
         version=__version__,
         description="Campañas de correo y SMS: listas, plantillas, campañas, envíos.",
@@ -80,6 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    # Idempotency-Key on API POSTs: added first, so innermost: it stores the responses as the
+    # routes made them (JSON), and a replay is rendered like any answer.
+    install_idempotency(app)
     app.add_middleware(
         SessionMiddleware,
         secret_key=settings.secret_key,
@@ -88,6 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         same_site="lax",
         https_only=settings.effective_cookie_secure,
     )
+    # JSON or XML on every /api/v1 route (Content-Type and Accept); the JSON path is free.
+    install_formats(app)
+    install_openapi(app)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -162,10 +182,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(api_router)
+    app.include_router(oauth_api_router)
     app.include_router(audience_api_router)
+    app.include_router(webhooks_api_router)
+    app.include_router(sms_api_router)
+    app.include_router(messages_api_router)
     app.include_router(studio_router)
     app.include_router(audience_web_router)
+    app.include_router(webhooks_web_router)
+    app.include_router(admin_web_router)
+    app.include_router(sms_web_router)
     app.include_router(tracking_router)
+    app.include_router(shortlinks_router)
     app.include_router(web_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

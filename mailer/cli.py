@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from mailer.core.config import Settings, get_settings
 from mailer.core.errors import MailerError
@@ -117,6 +117,11 @@ def apikey_create(
     application: Annotated[str, typer.Argument(help="Name of the application using the key.")],
     role: Annotated[str, typer.Option(help="admin, manager, editor or viewer.")] = "manager",
     account: int | None = None,
+    scopes: Annotated[
+        str | None, typer.Option(help="Restrict it to scopes: read,edit,send,admin,...")
+    ] = None,
+    rate: Annotated[float | None, typer.Option(help="Its own requests/s (0: none).")] = None,
+    burst: Annotated[int | None, typer.Option(help="Its own burst.")] = None,
 ) -> None:
     """Create an API key; it is shown once and stored hashed."""
     from mailer.accounts.service import audit, create_api_key
@@ -125,7 +130,15 @@ def apikey_create(
     try:
         with session_scope() as session:
             account_id = _account_id(account)
-            key, plaintext = create_api_key(session, account_id, application, role)
+            key, plaintext = create_api_key(
+                session,
+                account_id,
+                application,
+                role,
+                scopes=scopes,
+                rate_per_second=rate,
+                burst=burst,
+            )
             audit(session, None, "apikey.create", f"apikey:{key.id}", account_id=account_id)
     except MailerError as exc:
         raise _fail(exc) from None
@@ -775,14 +788,37 @@ app.add_typer(bounces_app, name="bounces")
 def inbound(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    poll_once: Annotated[
+        bool,
+        typer.Option(
+            "--poll-once",
+            help="Poll the mailbox (inbound.mailbox) once, print a JSON summary and exit.",
+        ),
+    ] = False,
 ) -> None:
-    """Receive bounces, complaints (feedback loops) and mailto unsubscribes by SMTP.
+    """Receive bounces, complaints (feedback loops) and mailto unsubscribes by SMTP, and
+    poll an IMAP or POP3 mailbox for them when inbound.mailbox.host is set.
 
     Point the MX of the bounce domain (delivery.bounce_domain) here."""
-    from mailer.bounces import run_inbound
+    from mailer.bounces import MailboxPoller, run_inbound
 
     _log_setup()
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except MailerError as exc:
+        raise _fail(exc) from exc
+    if poll_once:
+        import json
+
+        try:
+            summary = MailboxPoller(settings).poll()
+        except MailerError as exc:
+            raise _fail(exc) from exc
+        typer.echo(json.dumps(summary.as_dict()))
+        if summary.aborted:
+            err.print(f"[bold red]poll ended early:[/] {summary.aborted}")
+            raise typer.Exit(code=1)
+        return
     updates: dict[str, Any] = {}
     if host:
         updates["host"] = host
@@ -793,7 +829,14 @@ def inbound(
             update={"inbound": settings.inbound.model_copy(update=updates)}
         )
     console.print(f"inbound receiver on smtp://{settings.inbound.host}:{settings.inbound.port}")
-    run_inbound(settings)
+    mailbox = settings.inbound.mailbox
+    if mailbox.enabled:
+        console.print(
+            f"polling {mailbox.protocol}://{mailbox.host}:{mailbox.effective_port} "
+            f"every {mailbox.poll_seconds:g} s"
+        )
+    with MailboxPoller(settings):  # nothing when no mailbox is configured
+        run_inbound(settings)
 
 
 @bounces_app.command("parse")
@@ -1044,6 +1087,10 @@ def _worker_process(threads: int, scheduler: bool) -> None:
     # is sent again (their rows are then queued anew).
     recover_journals(settings)
     worker = start_worker(broker, threads)
+    if settings.sms_gateways:
+        from mailer.campaigns.sms import gateway_loop
+
+        gateway_loop(settings)  # bound now: receipts of earlier sends arrive here too
     loop = PeriodicLoop() if scheduler else None
     if loop:
         loop.start()
@@ -1054,6 +1101,10 @@ def _worker_process(threads: int, scheduler: bool) -> None:
     if loop:
         loop.stop()
     worker.stop()
+    if settings.sms_gateways:
+        from mailer.campaigns.sms import close_gateway_loop
+
+        close_gateway_loop()
 
 
 @app.command()
@@ -1147,6 +1198,370 @@ def user_password(email: str, password: Annotated[str | None, typer.Option()] = 
     except MailerError as exc:
         raise _fail(exc) from None
     console.print("[green]password changed[/]")
+
+
+# -- SMS and allowances -----------------------------------------------------------------
+
+sms_app = typer.Typer(help="SMS: send, count parts, gateways.", no_args_is_help=True)
+app.add_typer(sms_app, name="sms")
+credits_app = typer.Typer(help="Allowances (the credit ledger).", no_args_is_help=True)
+app.add_typer(credits_app, name="credits")
+
+
+@sms_app.command("send")
+def sms_send(
+    text: str,
+    to: Annotated[list[str], typer.Option("--to", help="A phone number (repeat the option).")],
+    sender: Annotated[str | None, typer.Option(help="Sender id or short code.")] = None,
+    account: int | None = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the receipts (in-process broker).")
+    ] = 30.0,
+) -> None:
+    """Send one SMS per number and show what became of each."""
+    import time
+
+    from mailer.campaigns import sms
+    from mailer.storage.db import session_scope
+    from mailer.workers import configure_broker, start_worker
+
+    settings = get_settings()
+    broker = configure_broker(settings)
+    account_id = _account_id(account)
+    try:
+        with session_scope(settings) as session:
+            queued = sms.queue_sms(session, account_id, to, text, sender=sender, origin="cli")
+            ids = [m.id for m in queued.messages if m.id is not None]
+    except MailerError as exc:
+        raise _fail(exc) from None
+    for rejected in queued.rejected:
+        err.print(f"[yellow]{rejected.value}:[/] {rejected.reason}")
+    sms.enqueue_sms(ids, settings=settings)
+    if settings.broker_url:
+        console.print(f"{len(ids)} SMS queued for the workers: {ids}")
+        return
+    worker = start_worker(broker, settings.worker_threads)
+    deadline = time.monotonic() + wait
+    try:
+        while True:
+            with session_scope(settings) as session:
+                states = [sms.get_sms(session, account_id, i)[0] for i in ids]
+            final = all(m.state not in ("queued", "sending", "deferred", "sent") for m in states)
+            if final or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+        sms.close_gateway_loop()
+    for message in states:
+        console.print(
+            f"#{message.id} {message.to_address}: {sms.display_state(message.state)} "
+            f"({message.parts} partes){' · ' + message.reply_text if message.reply_text else ''}"
+        )
+
+
+@sms_app.command("count")
+def sms_count(text: str) -> None:
+    """Encoding, characters and parts of a text, and what replacing accents would save."""
+    from mailer.sms.encoding import saving
+
+    found = saving(text)
+    info = found.before
+    console.print(
+        f"{info.encoding.upper()}: {info.characters} caracteres, {info.units} unidades, "
+        f"{info.parts} parte(s), quedan {info.remaining}"
+    )
+    if info.ucs2_chars:
+        console.print(
+            f"fuerzan UCS-2: {' '.join(info.ucs2_chars)} · sin ellos: {found.after.parts} "
+            f"parte(s): {found.text}"
+        )
+
+
+@sms_app.command("account")
+def sms_account(
+    account: int | None = None,
+    sender: Annotated[str | None, typer.Option(help="Sender id or short code.")] = None,
+    stop: Annotated[str | None, typer.Option(help="Stop keywords, comma-separated.")] = None,
+    start: Annotated[str | None, typer.Option(help="Start keywords, comma-separated.")] = None,
+) -> None:
+    """Show or set an account's SMS sender and reply keywords."""
+    from mailer.accounts.models import Account
+    from mailer.accounts.service import audit
+    from mailer.campaigns.sms import check_sender
+    from mailer.storage.db import session_scope
+
+    settings = get_settings()
+    account_id = _account_id(account)
+    try:
+        with session_scope(settings) as session:
+            row = session.get(Account, account_id)
+            assert row is not None
+            keywords = dict(row.sms_keywords or {})
+            if sender is not None:
+                row.sms_sender = check_sender(sender) if sender else ""
+            for key, given in (("stop", stop), ("start", start)):
+                if given is not None:
+                    keywords[key] = [w.strip().upper() for w in given.split(",") if w.strip()]
+            if sender is not None or stop is not None or start is not None:
+                row.sms_keywords = keywords or None
+                session.add(row)
+                audit(session, None, "sms.account", f"account:{account_id}", account_id=account_id)
+            shown_sender = row.sms_sender or f"{settings.sms.default_sender} (por defecto)"
+    except MailerError as exc:
+        raise _fail(exc) from None
+    console.print(f"remitente: {shown_sender}")
+    console.print(f"baja: {', '.join(keywords.get('stop') or settings.sms.stop_keywords)}")
+    console.print(f"alta: {', '.join(keywords.get('start') or settings.sms.start_keywords)}")
+
+
+@sms_app.command("gateways")
+def sms_gateways() -> None:
+    """The configured SMS gateways, and the status callback URL of each HTTP one."""
+    from mailer.api.sms import status_webhook_url
+
+    settings = get_settings()
+    if not settings.sms_gateways:
+        console.print("no sms_gateways configured: the capture gateway sends nothing")
+    for gateway in settings.sms_gateways:
+        if gateway.kind == "smpp":
+            console.print(
+                f"{gateway.name}: SMPP {gateway.system_id}@{gateway.host}:{gateway.port} · "
+                f"{gateway.rate_per_second:g}/s · ventana {gateway.window}"
+            )
+        else:
+            url = status_webhook_url(settings.base_url, settings.secret_key, gateway.name)
+            console.print(f"{gateway.name}: HTTP {gateway.http_url}\n  estados: {url}")
+
+
+@credits_app.command("show")
+def credits_show(account: int | None = None, movements: int = 10) -> None:
+    """The allowances of an account and its latest movements."""
+    from mailer.accounts import credits
+    from mailer.storage.db import session_scope
+
+    account_id = _account_id(account)
+    with session_scope() as session:
+        balances = credits.balances(session, account_id)
+        latest = credits.movements(session, account_id, limit=movements)
+    if not balances:
+        console.print("no allowance: this account is not metered")
+    for b in balances:
+        until = b.valid_until.date().isoformat() if b.valid_until else "sin vencimiento"
+        console.print(f"{b.channel}: {b.available} disponibles, {b.held} reservados ({until})")
+    for m in latest:
+        console.print(
+            f"  {m.created_at:%Y-%m-%d %H:%M} {m.channel} {m.kind} {m.quantity} → "
+            f"{m.available_after} {m.ref} {m.note}"
+        )
+
+
+@credits_app.command("grant")
+def credits_grant(
+    channel: str,
+    quantity: int,
+    account: int | None = None,
+    days: Annotated[int, typer.Option(help="Validity in days (0: no end).")] = 365,
+    note: str = "",
+) -> None:
+    """Give an account an allowance (e.g. `mailer credits grant sms 80000`)."""
+    from mailer.accounts import credits
+    from mailer.accounts.service import audit
+    from mailer.storage.db import session_scope
+
+    account_id = _account_id(account)
+    try:
+        with session_scope() as session:
+            entry = credits.grant(
+                session, account_id, channel, quantity, valid_days=days or None, actor="cli"
+            )
+            audit(
+                session,
+                None,
+                "credits.grant",
+                f"account:{account_id}",
+                account_id=account_id,
+                channel=channel,
+                quantity=quantity,
+                note=note,
+            )
+    except MailerError as exc:
+        raise _fail(exc) from None
+    console.print(f"[green]{channel}: {entry.available_after} disponibles[/]")
+
+
+@credits_app.command("transfer")
+def credits_transfer(channel: str, quantity: int, from_account: int, to_account: int) -> None:
+    """Move allowance between an account and one of its sub-accounts."""
+    from mailer.accounts import credits
+    from mailer.accounts.service import audit
+    from mailer.storage.db import session_scope
+
+    try:
+        with session_scope() as session:
+            out, into = credits.transfer(
+                session, from_account, to_account, channel, quantity, actor="cli"
+            )
+            audit(
+                session,
+                None,
+                "credits.transfer",
+                f"account:{to_account}",
+                account_id=from_account,
+                channel=channel,
+                quantity=quantity,
+            )
+    except MailerError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"[green]{channel}: cuenta {from_account} {out.available_after} · "
+        f"cuenta {to_account} {into.available_after}[/]"
+    )
+
+
+# -- API keys and OAuth clients --------------------------------------------------------
+
+oauth_app = typer.Typer(
+    help="OAuth 2.0 clients (client credentials), one per application.", no_args_is_help=True
+)
+app.add_typer(oauth_app, name="oauth")
+
+
+def _when(moment: Any) -> str:
+    return f"{moment:%Y-%m-%d %H:%M}" if moment else "-"
+
+
+@apikey_app.command("list")
+def apikey_list(account: int | None = None) -> None:
+    """The API keys of an account (their secrets are never shown again)."""
+    from mailer.accounts.service import list_api_keys
+    from mailer.storage.db import session_scope
+
+    account_id = _account_id(account)
+    with session_scope() as session:
+        keys = list_api_keys(session, account_id)
+    prefix = Column("prefix", no_wrap=True)
+    table = Table("id", "application", "role", "scopes", prefix, "last used", "revoked")
+    for key in keys:
+        table.add_row(
+            str(key.id),
+            key.name,
+            key.role,
+            key.scopes or "(role)",
+            f"mk_{key.prefix}_...",
+            _when(key.last_used_at),
+            _when(key.revoked_at),
+        )
+    console.print(table)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(key_id: int, account: int | None = None) -> None:
+    """Revoke an API key: the next request with it is refused."""
+    from mailer.accounts.service import audit, revoke_api_key
+    from mailer.storage.db import session_scope
+
+    account_id = _account_id(account)
+    try:
+        with session_scope() as session:
+            key = revoke_api_key(session, account_id, key_id)
+            audit(session, None, "apikey.revoke", f"apikey:{key.id}", account_id=account_id)
+    except MailerError as exc:
+        raise _fail(exc) from None
+    console.print(f"[green]API key {key_id} ({key.name}) revoked[/]")
+
+
+@oauth_app.command("create")
+def oauth_create(
+    application: Annotated[str, typer.Argument(help="Name of the application using it.")],
+    role: Annotated[str, typer.Option(help="admin, manager, editor or viewer.")] = "manager",
+    scopes: Annotated[
+        str | None,
+        typer.Option(help="What its tokens may ask for: read,edit,send,admin,email:send,..."),
+    ] = None,
+    account: int | None = None,
+    rate: Annotated[float | None, typer.Option(help="Its own requests/s (0: none).")] = None,
+    burst: Annotated[int | None, typer.Option(help="Its own burst.")] = None,
+) -> None:
+    """Create an OAuth client; its secret is shown once and stored hashed."""
+    from mailer.accounts.service import audit, create_oauth_client
+    from mailer.storage.db import session_scope
+
+    try:
+        with session_scope() as session:
+            account_id = _account_id(account)
+            client, secret = create_oauth_client(
+                session,
+                account_id,
+                application,
+                role,
+                scopes=scopes,
+                rate_per_second=rate,
+                burst=burst,
+            )
+            audit(
+                session,
+                None,
+                "oauth_client.create",
+                f"oauthclient:{client.client_id}",
+                account_id=account_id,
+                via="cli",
+            )
+    except MailerError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"OAuth client for [bold]{application}[/] ({role}; scopes: {client.scopes}); "
+        "the secret is shown only once:"
+    )
+    print(f"client_id={client.client_id}")
+    print(f"client_secret={secret}")
+
+
+@oauth_app.command("list")
+def oauth_list(account: int | None = None) -> None:
+    """The OAuth clients of an account."""
+    from mailer.accounts.service import list_oauth_clients
+    from mailer.storage.db import session_scope
+
+    account_id = _account_id(account)
+    with session_scope() as session:
+        clients = list_oauth_clients(session, account_id)
+    table = Table(
+        Column("client_id", no_wrap=True), "application", "role", "scopes", "last token", "revoked"
+    )
+    for client in clients:
+        table.add_row(
+            client.client_id,
+            client.name,
+            client.role,
+            client.scopes,
+            _when(client.last_used_at),
+            _when(client.revoked_at),
+        )
+    console.print(table)
+
+
+@oauth_app.command("revoke")
+def oauth_revoke(client_id: str, account: int | None = None) -> None:
+    """Revoke an OAuth client: no new tokens, and its tokens stop working at once."""
+    from mailer.accounts.service import audit, revoke_oauth_client
+    from mailer.storage.db import session_scope
+
+    account_id = _account_id(account)
+    try:
+        with session_scope() as session:
+            client = revoke_oauth_client(session, account_id, client_id)
+            audit(
+                session,
+                None,
+                "oauth_client.revoke",
+                f"oauthclient:{client.client_id}",
+                account_id=account_id,
+                via="cli",
+            )
+    except MailerError as exc:
+        raise _fail(exc) from None
+    console.print(f"[green]OAuth client {client_id} ({client.name}) revoked[/]")
 
 
 def main() -> None:  # pragma: no cover

@@ -18,6 +18,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import q_name
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -30,10 +31,11 @@ from dramatiq.middleware import (
 import mailer
 from mailer.core.config import Settings, get_settings
 from mailer.core.queue import REGISTRY
+from mailer.webhooks.tasks import QUEUE as WEBHOOKS_QUEUE
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("default", "delivery")
+QUEUES = ("default", "delivery", WEBHOOKS_QUEUE)
 _configured: tuple[str, dramatiq.Broker] | None = None
 
 
@@ -101,8 +103,40 @@ def configure_broker(settings: Settings | None = None, *, force: bool = False) -
     return broker
 
 
-def start_worker(broker: dramatiq.Broker, threads: int) -> dramatiq.Worker:
-    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=200)
+class Workers:
+    """The worker threads of one process: *threads* for every queue but the webhooks one,
+    which has threads of its own, so a slow or dead receiver never holds up sending."""
+
+    def __init__(self, broker: dramatiq.Broker, threads: int, webhook_threads: int) -> None:
+        others = {q for q in broker.get_declared_queues() if q_name(q) != WEBHOOKS_QUEUE}
+        self.main = dramatiq.Worker(
+            broker, queues=others, worker_threads=threads, worker_timeout=200
+        )
+        self.webhooks = dramatiq.Worker(
+            broker, queues={WEBHOOKS_QUEUE}, worker_threads=webhook_threads, worker_timeout=200
+        )
+
+    def start(self) -> None:
+        self.main.start()
+        self.webhooks.start()
+
+    def join(self) -> None:
+        """Wait until both have nothing left to do (tests)."""
+        self.main.join()
+        self.webhooks.join()
+        self.main.join()
+
+    def stop(self) -> None:
+        self.webhooks.stop()
+        self.main.stop()
+
+
+def start_worker(
+    broker: dramatiq.Broker, threads: int, webhook_threads: int | None = None
+) -> Workers:
+    if webhook_threads is None:
+        webhook_threads = get_settings().webhooks.worker_threads
+    worker = Workers(broker, threads, webhook_threads)
     worker.start()
     return worker
 

@@ -1,4 +1,5 @@
-"""Dependencies: the session, the calling application, and role checks."""
+"""Dependencies: the session, the calling application (authenticated, rate-limited), role
+and scope checks, and the claim of an ``Idempotency-Key``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ from fastapi import Depends, Header, Path, Query, Request
 from sqlmodel import Session
 
 from mailer.accounts.roles import Permission, require
-from mailer.accounts.service import Principal, verify_api_key
+from mailer.accounts.scopes import Scope, require_scope
+from mailer.accounts.service import (
+    ACCESS_TOKEN_PREFIX,
+    Principal,
+    verify_access_token,
+    verify_api_key,
+)
+from mailer.api.idempotency import claim_for_request
+from mailer.api.limits import limiter_for
+from mailer.core.config import Settings
 from mailer.core.errors import AuthenticationFailed
 from mailer.core.i18n import negotiate
 from mailer.storage.db import session_scope
@@ -38,28 +48,48 @@ SessionDep = Annotated[Session, Depends(request_session, scope="function")]
 
 
 def api_principal(
+    request: Request,
     session: SessionDep,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> Principal:
-    """The application calling: ``Authorization: Bearer mk_...`` or ``X-API-Key: mk_...``."""
-    key = x_api_key
+    """The application calling: ``Authorization: Bearer mk_...`` (an API key) or
+    ``Bearer mat_...`` (an OAuth access token), or ``X-API-Key: mk_...``; its request is
+    counted against its rate limit."""
+    credential = x_api_key
     if authorization:
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() != "bearer" or not value:
             raise AuthenticationFailed("use 'Authorization: Bearer <API key>'")
-        key = value.strip()
-    if not key:
+        credential = value.strip()
+    if not credential:
         raise AuthenticationFailed(
             "missing API key: send 'Authorization: Bearer <key>' (create one in the portal "
             "or with `mailer apikey create`)"
         )
-    return verify_api_key(session, key)
+    settings: Settings = request.app.state.settings
+    if credential.startswith(ACCESS_TOKEN_PREFIX):
+        principal = verify_access_token(session, credential, secret_key=settings.secret_key)
+    else:
+        principal = verify_api_key(session, credential)
+    limiter_for(request.app.state, settings).check(principal)
+    return principal
 
 
-def allowed(permission: Permission) -> Callable[..., Principal]:
-    def check(principal: Annotated[Principal, Depends(api_principal)]) -> Principal:
+def allowed(permission: Permission, narrow: Scope | None = None) -> Callable[..., Principal]:
+    """The principal, if its role has *permission* and its scopes (when it has any) cover
+    it; *narrow* is a channel scope the route also accepts (``sms:send`` for ``send``).
+    Then, on a POST with an ``Idempotency-Key``, the key is claimed (or the first response
+    replayed)."""
+
+    def check(
+        request: Request,
+        session: SessionDep,
+        principal: Annotated[Principal, Depends(api_principal)],
+    ) -> Principal:
         require(principal.role, permission)
+        require_scope(principal.scopes, permission, narrow)
+        claim_for_request(request, session, principal)
         return principal
 
     return check
@@ -68,3 +98,6 @@ def allowed(permission: Permission) -> Callable[..., Principal]:
 Reader = Annotated[Principal, Depends(allowed(Permission.READ))]
 Editor = Annotated[Principal, Depends(allowed(Permission.EDIT))]
 Sender = Annotated[Principal, Depends(allowed(Permission.SEND))]
+EmailSender = Annotated[Principal, Depends(allowed(Permission.SEND, Scope.EMAIL_SEND))]
+SmsSender = Annotated[Principal, Depends(allowed(Permission.SEND, Scope.SMS_SEND))]
+Admin = Annotated[Principal, Depends(allowed(Permission.ADMIN))]

@@ -12,6 +12,7 @@ from mailer.core.errors import (
     MailerError,
     NotFound,
     PermissionDenied,
+    RateLimited,
     ValidationFailed,
 )
 from mailer.core.i18n import DEFAULT_LOCALE, localise
@@ -25,6 +26,7 @@ STATUS: tuple[tuple[type[MailerError], int], ...] = (
     (IllegalTransition, 409),
     (ValidationFailed, 422),
     (BadToken, 400),
+    (RateLimited, 429),
 )
 
 
@@ -38,6 +40,8 @@ def error_body(code: str, message: str, field: str | None = None) -> dict[str, o
 
 def json_error(exc: MailerError, locale: str = DEFAULT_LOCALE) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthenticationFailed) else None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after)}
     return JSONResponse(
         error_body(exc.code, localise(exc, locale), exc.field),
         status_code=status_for(exc),

@@ -9,7 +9,17 @@ from sqlmodel import Session
 
 from mailer.accounts.service import Principal, audit, get_account
 from mailer.analytics.service import campaign_stats
-from mailer.api.deps import Editor, Id, Limit, Locale, Offset, Reader, Sender, SessionDep
+from mailer.api.deps import (
+    Editor,
+    EmailSender,
+    Id,
+    Limit,
+    Locale,
+    Offset,
+    Reader,
+    Sender,
+    SessionDep,
+)
 from mailer.api.schemas import (
     CampaignIn,
     CampaignOut,
@@ -53,6 +63,7 @@ def _campaign_out(
         state=campaign.state,
         state_reason=campaign.state_reason,
         parent_id=campaign.parent_id,
+        channel=campaign.channel,
         template_id=campaign.template_id,
         list_id=campaign.list_id,
         segment_id=campaign.segment_id,
@@ -66,7 +77,7 @@ def _campaign_out(
     )
 
 
-@router.get("/me", response_model=MeOut, tags=["account"])
+@router.get("/me", response_model=MeOut, tags=["account"], summary="Who is calling")
 def me(session: SessionDep, principal: Reader) -> MeOut:
     """Who the API key belongs to."""
     account = get_account(session, principal.account_id)
@@ -81,33 +92,61 @@ def me(session: SessionDep, principal: Reader) -> MeOut:
 # -- lists and contacts ----------------------------------------------------------------
 
 
-@router.get("/lists", response_model=list[ListOut], tags=["lists"])
+@router.get("/lists", response_model=list[ListOut], tags=["lists"], summary="List the lists")
 def get_lists(session: SessionDep, principal: Reader) -> list[ListOut]:
+    """The account's lists with their number of members."""
     return [
         ListOut(id=lst.id or 0, name=lst.name, description=lst.description, members=members)
         for lst, members in audience.list_lists(session, principal.account_id)
     ]
 
 
-@router.post("/lists", response_model=ListOut, status_code=status.HTTP_201_CREATED, tags=["lists"])
+@router.post(
+    "/lists",
+    response_model=ListOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["lists"],
+    summary="Create a list",
+)
 def post_list(body: ListIn, session: SessionDep, principal: Editor) -> ListOut:
+    """Create an empty list; fill it with an import or by adding contacts."""
     lst = audience.create_list(session, principal.account_id, body.name, body.description)
     audit(session, principal, "list.create", f"list:{lst.id}", name=lst.name)
     session.commit()
     return ListOut(id=lst.id or 0, name=lst.name, description=lst.description, members=0)
 
 
-@router.get("/lists/{list_id}/contacts", response_model=list[ContactOut], tags=["lists"])
+@router.get(
+    "/lists/{list_id}/contacts",
+    response_model=list[ContactOut],
+    tags=["lists"],
+    summary="Contacts of a list",
+)
 def get_list_contacts(
     list_id: Id, session: SessionDep, principal: Reader, offset: Offset = 0, limit: Limit = 100
 ) -> list[ContactOut]:
+    """The list's contacts, a page at a time (``offset``, ``limit``)."""
     contacts = audience.list_contacts(
         session, principal.account_id, list_id, offset=offset, limit=limit
     )
     return [ContactOut.model_validate(c, from_attributes=True) for c in contacts]
 
 
-@router.post("/lists/{list_id}/import", response_model=ImportOut, tags=["lists"])
+@router.post(
+    "/lists/{list_id}/import",
+    response_model=ImportOut,
+    tags=["lists"],
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "example": {"file": "proveedores.csv", "mode": "add_or_update"}
+                }
+            }
+        }
+    },
+    summary="Import a CSV into a list (synchronous)",
+)
 def import_into_list(
     list_id: Id,
     session: SessionDep,
@@ -161,8 +200,11 @@ def import_into_list(
 # -- templates -------------------------------------------------------------------------
 
 
-@router.get("/templates", response_model=list[TemplateOut], tags=["templates"])
+@router.get(
+    "/templates", response_model=list[TemplateOut], tags=["templates"], summary="List the templates"
+)
 def get_templates(session: SessionDep, principal: Reader) -> list[TemplateOut]:
+    """The account's templates, each at its current version."""
     return [
         TemplateOut.model_validate(t, from_attributes=True)
         for t in templates.list_templates(session, principal.account_id)
@@ -174,6 +216,7 @@ def get_templates(session: SessionDep, principal: Reader) -> list[TemplateOut]:
     response_model=TemplateOut,
     status_code=status.HTTP_201_CREATED,
     tags=["templates"],
+    summary="Create a template",
 )
 def post_template(body: TemplateIn, session: SessionDep, principal: Editor) -> TemplateOut:
     """Save a template; a Jinja syntax error is refused with its part and line."""
@@ -191,13 +234,24 @@ def post_template(body: TemplateIn, session: SessionDep, principal: Editor) -> T
     return TemplateOut.model_validate(template, from_attributes=True)
 
 
-@router.get("/templates/{template_id}", response_model=TemplateOut, tags=["templates"])
+@router.get(
+    "/templates/{template_id}",
+    response_model=TemplateOut,
+    tags=["templates"],
+    summary="One template",
+)
 def get_template(template_id: Id, session: SessionDep, principal: Reader) -> TemplateOut:
+    """The template at its current version."""
     template = templates.get_template(session, principal.account_id, template_id)
     return TemplateOut.model_validate(template, from_attributes=True)
 
 
-@router.put("/templates/{template_id}", response_model=TemplateOut, tags=["templates"])
+@router.put(
+    "/templates/{template_id}",
+    response_model=TemplateOut,
+    tags=["templates"],
+    summary="Save a new version of a template",
+)
 def put_template(
     template_id: Id, body: TemplateIn, session: SessionDep, principal: Editor
 ) -> TemplateOut:
@@ -221,10 +275,12 @@ def put_template(
     "/templates/{template_id}/versions",
     response_model=list[TemplateVersionOut],
     tags=["templates"],
+    summary="Versions of a template",
 )
 def get_template_versions(
     template_id: Id, session: SessionDep, principal: Reader
 ) -> list[TemplateVersionOut]:
+    """Every saved version of the template, newest first."""
     return [
         TemplateVersionOut.model_validate(v, from_attributes=True)
         for v in templates.list_versions(session, principal.account_id, template_id)
@@ -235,10 +291,12 @@ def get_template_versions(
     "/templates/{template_id}/versions/{version}/restore",
     response_model=TemplateOut,
     tags=["templates"],
+    summary="Restore an earlier version",
 )
 def restore_template_version(
     template_id: Id, version: Id, session: SessionDep, principal: Editor
 ) -> TemplateOut:
+    """Make an earlier version the current one (saved as a new version)."""
     template = templates.restore_version(
         session, principal.account_id, template_id, version, saved_by=principal.actor
     )
@@ -252,8 +310,10 @@ def restore_template_version(
     response_model=TemplateOut,
     status_code=status.HTTP_201_CREATED,
     tags=["templates"],
+    summary="Duplicate a template",
 )
 def duplicate_template(template_id: Id, session: SessionDep, principal: Editor) -> TemplateOut:
+    """A copy of the template under a new name."""
     copy = templates.duplicate_template(
         session, principal.account_id, template_id, saved_by=principal.actor
     )
@@ -262,7 +322,12 @@ def duplicate_template(template_id: Id, session: SessionDep, principal: Editor) 
     return TemplateOut.model_validate(copy, from_attributes=True)
 
 
-@router.get("/templates/{template_id}/check", response_model=CheckOut, tags=["templates"])
+@router.get(
+    "/templates/{template_id}/check",
+    response_model=CheckOut,
+    tags=["templates"],
+    summary="Check a template before sending",
+)
 def check_saved_template(
     template_id: Id, session: SessionDep, principal: Reader, locale: Locale
 ) -> CheckOut:
@@ -285,10 +350,13 @@ def check_saved_template(
 
 
 @router.post(
-    "/templates/{template_id}/test", response_model=list[TestResultOut], tags=["templates"]
+    "/templates/{template_id}/test",
+    response_model=list[TestResultOut],
+    tags=["templates"],
+    summary="Send a test of a template",
 )
 def send_template_test(
-    template_id: Id, body: TestIn, request: Request, session: SessionDep, principal: Sender
+    template_id: Id, body: TestIn, request: Request, session: SessionDep, principal: EmailSender
 ) -> list[TestResultOut]:
     """Send the template now to up to 10 addresses, through the normal delivery path."""
     contact_id = None
@@ -319,7 +387,12 @@ def send_template_test(
     return [TestResultOut(address=r.address, state=r.state, reply=r.reply) for r in results]
 
 
-@router.get("/library", response_model=list[LibraryItemOut], tags=["templates"])
+@router.get(
+    "/library",
+    response_model=list[LibraryItemOut],
+    tags=["templates"],
+    summary="Ready-made templates",
+)
 def get_library(request: Request, principal: Reader) -> list[LibraryItemOut]:
     """The ready-made templates that can be copied into the account."""
     return [
@@ -333,10 +406,12 @@ def get_library(request: Request, principal: Reader) -> list[LibraryItemOut]:
     response_model=TemplateOut,
     status_code=status.HTTP_201_CREATED,
     tags=["templates"],
+    summary="Copy a library template into the account",
 )
 def use_library_template(
     key: str, request: Request, session: SessionDep, principal: Editor
 ) -> TemplateOut:
+    """Copy a ready-made template (``GET /api/v1/library``) into the account."""
     item = templates.library_template(request.app.state.settings.templates_dir, key)
     template = templates.create_from_library(
         session, principal.account_id, item, saved_by=principal.actor
@@ -349,8 +424,11 @@ def use_library_template(
 # -- campaigns -------------------------------------------------------------------------
 
 
-@router.get("/campaigns", response_model=list[CampaignOut], tags=["campaigns"])
+@router.get(
+    "/campaigns", response_model=list[CampaignOut], tags=["campaigns"], summary="List the campaigns"
+)
 def get_campaigns(session: SessionDep, principal: Reader) -> list[CampaignOut]:
+    """The account's campaigns, newest first, with their ledger counts."""
     return [
         _campaign_out(session, campaign, counts)
         for campaign, counts in campaigns.campaigns_with_counts(session, principal.account_id)
@@ -362,8 +440,10 @@ def get_campaigns(session: SessionDep, principal: Reader) -> list[CampaignOut]:
     response_model=CampaignOut,
     status_code=status.HTTP_201_CREATED,
     tags=["campaigns"],
+    summary="Create a campaign",
 )
 def post_campaign(body: CampaignIn, session: SessionDep, principal: Editor) -> CampaignOut:
+    """A draft campaign: a template sent to a list from a sending address."""
     campaign = campaigns.create_campaign(
         session, principal.account_id, **body.model_dump(), created_by=principal.actor
     )
@@ -372,7 +452,12 @@ def post_campaign(body: CampaignIn, session: SessionDep, principal: Editor) -> C
     return _campaign_out(session, campaign)
 
 
-@router.get("/campaigns/{campaign_id}", response_model=CampaignOut, tags=["campaigns"])
+@router.get(
+    "/campaigns/{campaign_id}",
+    response_model=CampaignOut,
+    tags=["campaigns"],
+    summary="One campaign",
+)
 def get_campaign(campaign_id: Id, session: SessionDep, principal: Reader) -> CampaignOut:
     """The campaign with its ledger counts (queued, sending, sent, deferred, failed...)."""
     return _campaign_out(
@@ -380,7 +465,12 @@ def get_campaign(campaign_id: Id, session: SessionDep, principal: Reader) -> Cam
     )
 
 
-@router.get("/campaigns/{campaign_id}/stats", response_model=CampaignStatsOut, tags=["campaigns"])
+@router.get(
+    "/campaigns/{campaign_id}/stats",
+    response_model=CampaignStatsOut,
+    tags=["campaigns"],
+    summary="A campaign's statistics",
+)
 def get_campaign_stats(campaign_id: Id, session: SessionDep, principal: Reader) -> CampaignStatsOut:
     """Delivery, bounces, opens and clicks (total and human-only, per link), unsubscribes
     and complaints, with rates."""
@@ -400,6 +490,7 @@ def _audited(session: Session, principal: Principal, action: str, campaign_id: I
     response_model=CampaignOut,
     status_code=status.HTTP_202_ACCEPTED,
     tags=["campaigns"],
+    summary="Send a campaign now",
 )
 def send_campaign(campaign_id: Id, session: SessionDep, principal: Sender) -> CampaignOut:
     """Start sending now: answers 202 at once; the workers deliver in the background."""
@@ -410,10 +501,16 @@ def send_campaign(campaign_id: Id, session: SessionDep, principal: Sender) -> Ca
     )
 
 
-@router.post("/campaigns/{campaign_id}/schedule", response_model=CampaignOut, tags=["campaigns"])
+@router.post(
+    "/campaigns/{campaign_id}/schedule",
+    response_model=CampaignOut,
+    tags=["campaigns"],
+    summary="Schedule a campaign",
+)
 def schedule_campaign(
     campaign_id: Id, body: ScheduleIn, session: SessionDep, principal: Sender
 ) -> CampaignOut:
+    """Send the campaign at ``scheduled_at`` (with its time zone)."""
     campaign = campaigns.schedule_campaign(
         session, principal.account_id, campaign_id, body.scheduled_at
     )
@@ -421,15 +518,27 @@ def schedule_campaign(
     return _campaign_out(session, campaign)
 
 
-@router.post("/campaigns/{campaign_id}/pause", response_model=CampaignOut, tags=["campaigns"])
+@router.post(
+    "/campaigns/{campaign_id}/pause",
+    response_model=CampaignOut,
+    tags=["campaigns"],
+    summary="Pause a campaign",
+)
 def pause_campaign(campaign_id: Id, session: SessionDep, principal: Sender) -> CampaignOut:
+    """Stop handing messages to the relays; what is queued waits."""
     campaign = campaigns.pause_campaign(session, principal.account_id, campaign_id)
     _audited(session, principal, "campaign.pause", campaign_id)
     return _campaign_out(session, campaign)
 
 
-@router.post("/campaigns/{campaign_id}/resume", response_model=CampaignOut, tags=["campaigns"])
+@router.post(
+    "/campaigns/{campaign_id}/resume",
+    response_model=CampaignOut,
+    tags=["campaigns"],
+    summary="Resume a paused campaign",
+)
 def resume_campaign(campaign_id: Id, session: SessionDep, principal: Sender) -> CampaignOut:
+    """Go on sending a paused campaign."""
     campaigns.resume_campaign(principal.account_id, campaign_id)
     _audited(session, principal, "campaign.resume", campaign_id)
     return _campaign_out(
@@ -437,7 +546,12 @@ def resume_campaign(campaign_id: Id, session: SessionDep, principal: Sender) -> 
     )
 
 
-@router.get("/campaigns/{campaign_id}/progress", response_model=ProgressOut, tags=["campaigns"])
+@router.get(
+    "/campaigns/{campaign_id}/progress",
+    response_model=ProgressOut,
+    tags=["campaigns"],
+    summary="A sending campaign's progress",
+)
 def get_campaign_progress(campaign_id: Id, session: SessionDep, principal: Reader) -> ProgressOut:
     """Live progress: sent, pending, deferred, failed, the current rate and the time left."""
     campaign = campaigns.get_campaign(session, principal.account_id, campaign_id)
@@ -449,6 +563,7 @@ def get_campaign_progress(campaign_id: Id, session: SessionDep, principal: Reade
     response_model=CampaignOut,
     status_code=status.HTTP_201_CREATED,
     tags=["campaigns"],
+    summary="Resend to the failed recipients",
 )
 def resend_failed(campaign_id: Id, session: SessionDep, principal: Editor) -> CampaignOut:
     """A new draft campaign for the failed recipients of this one (send it as any other)."""
@@ -459,8 +574,14 @@ def resend_failed(campaign_id: Id, session: SessionDep, principal: Editor) -> Ca
     return _campaign_out(session, child)
 
 
-@router.post("/campaigns/{campaign_id}/cancel", response_model=CampaignOut, tags=["campaigns"])
+@router.post(
+    "/campaigns/{campaign_id}/cancel",
+    response_model=CampaignOut,
+    tags=["campaigns"],
+    summary="Cancel a campaign",
+)
 def cancel_campaign(campaign_id: Id, session: SessionDep, principal: Sender) -> CampaignOut:
+    """Withdraw every message not yet sent; cannot be undone."""
     campaign = campaigns.cancel_campaign(session, principal.account_id, campaign_id)
     _audited(session, principal, "campaign.cancel", campaign_id)
     return _campaign_out(session, campaign)

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from mailer.api.deps import MAX_ID
+
+# An id in a request body: beyond 32 bits it can only be refused (found by fuzzing: the
+# databases raise on such integers instead of finding nothing).
+RecordId = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
 class ListIn(BaseModel):
@@ -14,6 +21,18 @@ class ListIn(BaseModel):
 
 
 class ListOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 1,
+                    "name": "Proveedores 2026",
+                    "description": "Registro de proveedores",
+                    "members": 1520,
+                }
+            ]
+        }
+    )
     id: int
     name: str
     description: str
@@ -21,6 +40,21 @@ class ListOut(BaseModel):
 
 
 class ContactOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 42,
+                    "email": "ana.quispe@proveedor.pe",
+                    "first_name": "Ana",
+                    "last_name": "Quispe",
+                    "company": "Proveedor S.A.C.",
+                    "email_status": "active",
+                    "attributes": {"ciudad": "Lima", "monto": 1500},
+                }
+            ]
+        }
+    )
     id: int
     email: str
     first_name: str
@@ -38,6 +72,32 @@ class RowErrorOut(BaseModel):
 
 
 class ImportOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "import_id": 12,
+                    "rows": 3,
+                    "created": 2,
+                    "updated": 0,
+                    "unchanged": 0,
+                    "duplicates_in_file": 0,
+                    "added_to_list": 2,
+                    "encoding": "utf-8",
+                    "delimiter": ",",
+                    "mapping": {"email": "email", "nombre": "first_name"},
+                    "errors": [
+                        {
+                            "line": 4,
+                            "column": "email",
+                            "value": "ana@",
+                            "reason": "not a valid e-mail address",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
     import_id: int | None
     rows: int
     created: int
@@ -69,6 +129,22 @@ class TemplateIn(BaseModel):
 
 
 class TemplateOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 4,
+                    "name": "Comunicado",
+                    "description": "",
+                    "subject": "Comunicado para {{ contact.company }}",
+                    "html": "<p>Estimado(a) {{ contact.first_name | default('proveedor') }}</p>",
+                    "text": None,
+                    "version": 2,
+                    "updated_at": "2026-11-20T15:04:05Z",
+                }
+            ]
+        }
+    )
     id: int
     name: str
     description: str
@@ -80,6 +156,20 @@ class TemplateOut(BaseModel):
 
 
 class TemplateVersionOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": 1,
+                    "name": "Comunicado",
+                    "subject": "Comunicado para {{ contact.company }}",
+                    "saved_by": "user:admin@entidad.gob.pe",
+                    "note": "",
+                    "saved_at": "2026-11-19T10:00:00Z",
+                }
+            ]
+        }
+    )
     version: int
     name: str
     subject: str
@@ -95,10 +185,37 @@ class FindingOut(BaseModel):
 
 
 class CheckOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "findings": [
+                        {
+                            "severity": "warning",
+                            "code": "unknown_variable",
+                            "message": "unknown variable contact.cargo",
+                        }
+                    ]
+                }
+            ]
+        }
+    )
     findings: list[FindingOut]
 
 
 class LibraryItemOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "key": "bienvenida",
+                    "name": "Bienvenida",
+                    "description": "Mensaje de bienvenida con guía de uso",
+                    "subject": "Bienvenido(a) a {{ account.name }}",
+                }
+            ]
+        }
+    )
     key: str
     name: str
     description: str
@@ -122,6 +239,17 @@ class TestIn(BaseModel):
 
 
 class TestResultOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "address": "revisor@entidad.gob.pe",
+                    "state": "sent",
+                    "reply": "250 2.0.0 Ok: queued as 4F2A1",
+                }
+            ]
+        }
+    )
     address: str
     state: str
     reply: str
@@ -140,8 +268,8 @@ class CampaignIn(BaseModel):
         }
     )
     name: str = Field(min_length=1, max_length=200)
-    template_id: int
-    list_id: int
+    template_id: RecordId
+    list_id: RecordId
     from_email: str
     from_name: str = Field(min_length=1, max_length=200)
     subject: str | None = None
@@ -149,16 +277,49 @@ class CampaignIn(BaseModel):
 
 
 class ScheduleIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"scheduled_at": "2026-11-30T09:00:00-05:00"}]}
+    )
     scheduled_at: datetime
 
 
 class CampaignOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 7,
+                    "name": "Convocatoria noviembre",
+                    "state": "draft",
+                    "state_reason": "",
+                    "parent_id": None,
+                    "channel": "email",
+                    "template_id": 4,
+                    "list_id": 1,
+                    "segment_id": None,
+                    "from_email": "boletin@entidad.gob.pe",
+                    "from_name": "Entidad",
+                    "subject": None,
+                    "scheduled_at": None,
+                    "started_at": None,
+                    "completed_at": None,
+                    "counts": {
+                        "total": 0,
+                        "queued": 0,
+                        "sent": 0,
+                        "failed": 0,
+                    },
+                }
+            ]
+        }
+    )
     id: int
     name: str
     state: str
     state_reason: str = Field("", description="Why it paused or failed on its own.")
     parent_id: int | None = Field(None, description="Set on a resend to failed recipients.")
-    template_id: int
+    channel: str = Field("email", description="email or sms.")
+    template_id: int | None = Field(None, description="An e-mail campaign's template.")
     list_id: int | None
     segment_id: int | None = None
     from_email: str
@@ -207,6 +368,18 @@ class ProgressOut(BaseModel):
 
 
 class MeOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "account_id": 1,
+                    "account_name": "Entidad",
+                    "role": "manager",
+                    "actor": "apikey:3 (ERP de compras)",
+                }
+            ]
+        }
+    )
     account_id: int
     account_name: str
     role: str
@@ -265,6 +438,60 @@ class RatesOut(BaseModel):
 
 
 class CampaignStatsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "campaign_id": 7,
+                    "recipients": 1000,
+                    "queued": 0,
+                    "sent": 990,
+                    "delivered": 975,
+                    "deferred": 0,
+                    "failed": 10,
+                    "cancelled": 0,
+                    "bounced": {"total": 15, "hard": 12, "soft": 3},
+                    "opened": {
+                        "unique": 420,
+                        "total": 610,
+                        "human_unique": 380,
+                        "human_total": 520,
+                    },
+                    "clicked": {
+                        "unique": 95,
+                        "total": 130,
+                        "human_unique": 90,
+                        "human_total": 120,
+                        "links": [
+                            {
+                                "index": 0,
+                                "url": "https://www.example.gob.pe/convocatoria",
+                                "total": 130,
+                                "human_total": 120,
+                                "unique": 95,
+                                "human_unique": 90,
+                            }
+                        ],
+                    },
+                    "machine": {"messages": 40, "scanned": 12},
+                    "unsubscribed": 3,
+                    "complained": 0,
+                    "rates": {
+                        "basis": "delivered",
+                        "delivery": 98.5,
+                        "bounce": 1.5,
+                        "open": 43.1,
+                        "open_human": 39.0,
+                        "click": 9.7,
+                        "click_human": 9.2,
+                        "click_to_open": 23.7,
+                        "unsubscribe": 0.3,
+                        "complaint": 0.0,
+                    },
+                }
+            ]
+        }
+    )
     campaign_id: int
     recipients: int
     queued: int

@@ -862,20 +862,23 @@ def email_audience(
     *leading: Any,
     list_id: int | None = None,
     segment_id: int | None = None,
+    channel: str = "email",
 ) -> Select[Any]:
-    """SELECT ``*leading``, then id, address and name of the contacts of a list and/or
-    segment that may receive e-mail now, in id order."""
+    """SELECT ``*leading``, then id, address (the e-mail, or the phone for ``sms``) and
+    name of the contacts of a list and/or segment that may receive *channel* now, in id
+    order."""
+    address = col(Contact.phone) if channel == "sms" else col(Contact.email)
     return (
         select(
             *leading,
             col(Contact.id),
-            col(Contact.email),
+            address,
             func.trim(col(Contact.first_name) + " " + col(Contact.last_name)),
         )
         .where(
             col(Contact.account_id) == account_id,
             *target_filter(session, account_id, list_id=list_id, segment_id=segment_id),
-            *sendable_filter(account_id, "email"),
+            *sendable_filter(account_id, channel),
         )
         .order_by(col(Contact.id))
     )

@@ -2,20 +2,28 @@
 diagnostic a bounce message carries for one recipient.
 
 The answer uses sisimai's reason vocabulary (``userunknown``, ``mailboxfull``, ``blocked``...)
-and its hard/soft convention: only the reasons that say the address itself can never receive
-mail are hard (``userunknown``, ``hostunknown``, ``hasmoved``, and ``notaccept`` unless the
-failure was temporary).  Everything else, a full mailbox included, is soft.
+and its hard/soft convention: a reason decides, not the status class.  Only the reasons that
+say the address itself can never receive mail are hard (``userunknown``, ``hostunknown``,
+``hasmoved`` and ``notaccept``); everything else, a full mailbox or a 5.7.1 refusal included,
+is soft.  Where we part from sisimai: a temporary (4xx) failure is never hard, whatever its
+reason, because it is retried.
 
 How a reason is chosen, in order:
 
-1. phrases that name the cause precisely (mailbox full, account disabled, SPF/DMARC, rate
+1. a numbered cause code of a provider that publishes its codes (Orange and La Poste's
+   "OFR_506", "LPN007_426"...);
+2. phrases that name the cause precisely (mailbox full, account disabled, SPF/DMARC, rate
    limits, spam, virus...) win over everything else;
-2. then the SMTP command the reply answered: a refused HELO or connection is ``blocked``,
+3. then the SMTP command the reply answered: a refused HELO or connection is ``blocked``,
    a refused MAIL FROM is ``rejected`` (or ``blocked`` if the text blames the client host);
-3. then the broader phrases (sender rejected, unknown user, unknown host, blocklists,
-   expired...), with sisimai's rule that "user unknown" in answer to DATA, without a
-   5.1.1-like status, means ``filtered``;
-4. then the enhanced status code (RFC 3463) alone; then ``undefined``.
+4. then the broader phrases (sender rejected, unknown user, unknown host, blocklists,
+   expired...), with sisimai's rule that "user unknown" is ``userunknown`` only at RCPT time
+   or with a status that says so (x.1.1): in answer to DATA, or in a report that names no
+   command but quotes an SMTP reply, it is ``filtered`` (see :func:`_unknown_user`);
+5. then the enhanced status code (RFC 3463) alone; then ``undefined``.
+
+The command comes from the caller or from the text: "in reply to RCPT TO command", Exim's
+"after end of data", a sendmail transcript's ">>> DATA", Gmail's "(state 14)"...
 
 Nothing here does I/O; ``mailer.bounces.parser`` calls :func:`classify_failure` for every
 recipient of a bounce message, the delivery engine calls :func:`classify_smtp`.
@@ -65,13 +73,19 @@ _COMMAND_CONTEXT_RE = re.compile(
     r"(?:in reply to|after|>>>|most progress was|did not like our)\s*"
     r"(rcpt[ _]?to|mail[ _]?from|end of data|data|helo|ehlo|initial connection)"
     r"|\[(rcpt_to|mail_from|data)\]"
-    r"|(does not like recipient|sender was rejected|my name was rejected)",
+    r"|(does not like recipient|sender was rejected|my name was rejected)"
+    r"|\(state (1[3-8])\)",
     re.IGNORECASE,
 )
+# Gmail ends the remote reply it quotes with "(state N)", the SMTP state it had reached:
+# 13 is the greeting/EHLO, 14 RCPT, 15 to 18 the DATA phase.
+_GMAIL_STATES = {"13": "HELO", "14": "RCPT"}
 
 
 def _command_name(phrase: str) -> str:
     phrase = phrase.lower()
+    if phrase.isdigit():
+        return _GMAIL_STATES.get(phrase, "DATA")
     if phrase.startswith("rcpt") or "recipient" in phrase:
         return "RCPT"
     if phrase.startswith("mail") or "sender" in phrase:
@@ -139,6 +153,9 @@ _PRECISE: tuple[tuple[str, str], ...] = (
         r"|recipient account is blocked|temporar(?:il)?y (?:locked|disabled|suspended)",
     ),
     ("hasmoved", r"no longer on (?:this )?server|(?:address|mailbox) has (?:been )?moved"),
+    # cPanel's Exim, when routing found no host: "The account or domain may not exist, they
+    # may be blacklisted, or missing the proper dns entries."
+    ("hostunknown", r"(?:account|address) or domain may not exist"),
     (
         "norelaying",
         r"relay(?:ing)? (?:access )?(?:denied|not permitted|not allowed|prohibited)"
@@ -193,12 +210,14 @@ _BLOCKED = (
     r"|blacklisted|not allowed)|smtp server of your isp|dynamic ip|dial-?up|residential"
     r"|may not be mail exchanger|\bblocked\b|connection refused by|access denied.{0,40}\bip\b"
 )
+# Sender-side refusals, Google Groups' "you may not have permission to post" (in Japanese:
+# 投稿する権限がない) included.
 _REJECTED = (
     r"sender (?:address )?(?:was )?rejected|domain of sender|sender domain|unroutable sender"
     r"|sender verify failed|(?:invalid|bad|unknown) sender|sender (?:address )?"
     r"(?:is )?(?:not allowed|not authori[sz]ed|unknown|invalid)|envelope sender"
     r"|rejected (?:the )?sender|not (?:allowed|authori[sz]ed) to (?:post|send)"
-    r"|you do not have permission|permission to post"
+    r"|you do not have permission|permission to post|投稿する権限"
 )
 _USERUNKNOWN = (
     r"user (?:is )?unknown|unknown (?:user|recipient|address|local|mailbox)|no such "
@@ -206,7 +225,8 @@ _USERUNKNOWN = (
     r"|address)\b.{0,30}(?:does not|doesn't|did not|not) exist|recipient (?:unknown|not found"
     r"|name is not recognized|rejected)|invalid (?:recipient|mailbox|user)|user not found"
     r"|mailbox not found|not listed in|(?:doesn't|does not) have an? .{0,40}account"
-    r"|recipnotfound|address (?:couldn't|could not|can't|cannot) be found|unknown or illegal"
+    r"|recip(?:ient)?notfound|address (?:couldn't|could not|can't|cannot) be found"
+    r"|unknown or illegal"
     r"|recipient address rejected: (?:access denied|user)|no mailbox here|not a valid"
     r" (?:user|mailbox|recipient)|address (?:not found|unknown)|undeliverable address"
     r"|inactive (?:e-?mail )?address|bad destination|no valid recipients?"
@@ -238,6 +258,36 @@ _SYNTAXERROR = (
     r"|unrecogni[sz]ed command|bad sequence of commands|line too long"
 )
 _CONTENTERROR = r"content (?:error|problem)|invalid (?:mime|message)|improper mime|malformed"
+
+# Orange and La Poste end a refusal with a numbered code ("OFR_506 [506]", "LPN105_104",
+# "OFR006_102") that says more than the text ("Mail rejete. Mail rejected."); the meanings
+# they publish for the codes that name a cause:
+_ORANGE_CODE_RE = re.compile(r"\b(?:OFR|LPN|OUK)(?:\d{3}[_-]|_)?(\d{3})\b", re.IGNORECASE)
+_ORANGE_CODES: dict[str, str] = {
+    **dict.fromkeys(("102", "103", "401", "510", "999"), "blocked"),
+    "104": "toomanyconn",
+    **dict.fromkeys(("305", "402"), "securityerror"),
+    **dict.fromkeys(("403", "405", "415", "421"), "rejected"),
+    **dict.fromkeys(("416", "418"), "userunknown"),
+    "417": "mailboxfull",
+    **dict.fromkeys(("420", "426"), "suspend"),
+    "505": "systemerror",
+    "506": "spamdetected",
+    "514": "mesgtoobig",
+}
+
+# A provider saying in so many words that its directory has no such account, whatever the
+# SMTP state: Yahoo refuses unknown users after DATA ("554 delivery error: dd This user
+# doesn't have a yahoo.com account"), Exchange names its resolver's verdict
+# ("550 5.1.10 RESOLVER.ADR.RecipientNotFound").
+_NO_ACCOUNT_RE = re.compile(
+    r"this user (?:doesn'?t|does not) have an? \S+ account|resolver\.adr\.recip(?:ient)?notfound",
+    re.IGNORECASE,
+)
+# Replies whose very form shows they answered RCPT, for reports that do not name the
+# command: sendmail's per-recipient "<address>... reason" and Postfix's "Recipient address
+# rejected: ...".
+_RCPT_FORM_RE = re.compile(r"@[\w.-]+>?\.\.\.\s|recipient address rejected", re.IGNORECASE)
 
 _PRECISE_RE = tuple((reason, re.compile(pattern, re.IGNORECASE)) for reason, pattern in _PRECISE)
 _BLOCKED_RE = re.compile(_BLOCKED, re.IGNORECASE)
@@ -347,7 +397,27 @@ def _is_temporary(code: int | None, status: str) -> bool:
     return code is not None and 400 <= code < 500
 
 
-def _reason(text: str, status: str, command: str) -> str:
+def _unknown_user(text: str, status: str, command: str, report: bool) -> str:
+    """sisimai's rule for an "unknown user" reply: the directory speaks at RCPT time, or when
+    the status code says so (x.1.0, x.1.1, x.1.3).  An address refused after the message was
+    sent (DATA) had been accepted at RCPT, so the refusal is a filter speaking; so is one whose
+    report names no command, when it quotes an SMTP reply (a code or a status) whose form does
+    not show it answered RCPT.  A report without any code is the MTA's own directory lookup
+    (Exchange, Domino, Notes...), and a live SMTP reply without a command is taken at its word.
+    """
+    if status[2:] in ("1.1", "1.0", "1.3") or command == "RCPT" or _NO_ACCOUNT_RE.search(text):
+        return "userunknown"
+    if command == "DATA":
+        return "filtered"
+    if report and not command and status and not _RCPT_FORM_RE.search(text):
+        return "filtered"
+    return "userunknown"
+
+
+def _reason(text: str, status: str, command: str, report: bool = False) -> str:
+    orange = _ORANGE_CODE_RE.search(text)
+    if orange and orange.group(1) in _ORANGE_CODES:
+        return _ORANGE_CODES[orange.group(1)]
     for reason, pattern in _PRECISE_RE:
         if pattern.search(text):
             return reason
@@ -358,12 +428,7 @@ def _reason(text: str, status: str, command: str) -> str:
     if _REJECTED_RE.search(text):
         return "rejected"
     if _USERUNKNOWN_RE.search(text):
-        # sisimai's rule: an address refused after the message was sent (DATA) was accepted
-        # at RCPT time, so a later "unknown user" is a filter speaking, not the directory.
-        status_says_user = status[2:] in ("1.1", "1.0", "1.3")
-        if command == "DATA" and not status_says_user:
-            return "filtered"
-        return "userunknown"
+        return _unknown_user(text, status, command, report)
     for reason, pattern in _BROAD_RE:
         if pattern.search(text):
             return reason
@@ -382,10 +447,14 @@ def classify_failure(
     status: str = "",
     command: str = "",
     temporary: bool | None = None,
+    report: bool = False,
 ) -> Classification:
     """Classify one failure from its *text* plus whatever the caller already knows: the basic
     reply *code*, the enhanced *status* (from a DSN's Status field) and the SMTP *command*.
     *temporary* forces the failure to be soft (a delayed DSN); by default a 4xx is soft too.
+    *report* says the text comes from a bounce report rather than a live SMTP reply: there a
+    quoted "unknown user" reply whose command the report does not name counts as ``filtered``
+    (see :func:`_unknown_user`).
 
     The enhanced status found in the text is preferred to a generic x.0.0 given by the caller,
     because DSN generators often write "Status: 5.0.0" over a precise diagnostic."""
@@ -398,7 +467,7 @@ def classify_failure(
     if not status and code is not None:
         status = f"{code // 100}.0.0"
     command = command or find_command(text)
-    reason = _reason(text, status, command)
+    reason = _reason(text, status, command, report)
     if status.startswith("2") or (code is not None and 200 <= code < 300):
         reason = "delivered"
     if temporary is None:

@@ -32,7 +32,7 @@ from email.message import Message
 from email.parser import HeaderParser
 from typing import Any
 
-from mailer.bounces.classify import classify_failure, find_command
+from mailer.bounces.classify import HARD_REASONS, classify_failure, find_command
 
 __all__ = ["Recipient", "Report", "parse_message", "report_json"]
 
@@ -283,6 +283,23 @@ def _raw_delivery_status(data: bytes) -> list[str]:
 # More recipients than any real report lists: the rest of a hostile one is ignored.
 _MAX_RECIPIENTS = 1000
 _RECIPIENT_FIELDS = ("final-recipient", "original-recipient", "x-actual-recipient")
+
+
+# PowerMTA files each failure under a category of its own (X-PowerMTA-BounceCategory in the
+# DSN); where the category names a cause, it is the sender's own verdict and wins over the text.
+_POWERMTA_CATEGORIES = {
+    "bad-mailbox": "userunknown",
+    "bad-domain": "hostunknown",
+    "inactive-mailbox": "suspend",
+    "quota-issues": "mailboxfull",
+    "message-expired": "expired",
+    "no-answer-from-host": "networkerror",
+    "policy-related": "policyviolation",
+    "routing-errors": "systemerror",
+    "spam-related": "spamdetected",
+    "virus-related": "virusdetected",
+    "relaying-issues": "norelaying",
+}
 
 
 def _diagnostic(value: str) -> str:
@@ -582,19 +599,36 @@ def _dsn_recipients(dsn_text: str, human: str, exclude: set[str]) -> list[Recipi
             context = next(iter(text_blocks.values()), "") or human
         text = diagnostic or _squeeze(context) or status_field
         command = find_command(diagnostic) or find_command(context) or global_command
-        recipients.append(_recipient(address, action or "failed", text, status, command))
+        category = block.get("x-powermta-bouncecategory", "").strip().lower()
+        recipients.append(
+            _recipient(
+                address,
+                action or "failed",
+                text,
+                status,
+                command,
+                known_reason=_POWERMTA_CATEGORIES.get(category, ""),
+            )
+        )
     return recipients
 
 
-def _recipient(address: str, action: str, text: str, status: str, command: str) -> Recipient:
+def _recipient(
+    address: str, action: str, text: str, status: str, command: str, known_reason: str = ""
+) -> Recipient:
     delayed = action == "delayed"
     classification = classify_failure(
         text,
         status=status,
         command=command,
         temporary=delayed or action == "delivered",
+        report=True,
     )
     reason = classification.reason
+    hard = classification.hard
+    if known_reason and classification.reason != "delivered":
+        reason = known_reason
+        hard = reason in HARD_REASONS and not classification.status.startswith("4")
     if action in ("delivered", "relayed", "expanded"):
         reason = "delivered"
     elif delayed and reason in ("undefined", "networkerror", "systemerror"):
@@ -602,7 +636,7 @@ def _recipient(address: str, action: str, text: str, status: str, command: str) 
         reason = "expired"
     return Recipient(
         address=address,
-        hard=classification.hard and action == "failed",
+        hard=hard and action == "failed",
         reason=reason,
         status=classification.status,
         diagnostic=_squeeze(text),

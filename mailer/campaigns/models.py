@@ -54,7 +54,11 @@ class Campaign(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     account_id: int = Field(foreign_key="accounts.id", index=True)
     name: str = Field(max_length=200)
-    template_id: int = Field(foreign_key="templates.id")
+    channel: str = Field(
+        default="email", max_length=8, sa_column_kwargs={"server_default": "email"}
+    )
+    # An e-mail campaign's template; an SMS campaign has its text and sender in ``content``.
+    template_id: int | None = Field(default=None, foreign_key="templates.id")
     list_id: int | None = Field(default=None, foreign_key="lists.id")
     segment_id: int | None = Field(default=None, foreign_key="segments.id")
     # Addresses cleaned longer ago than this are cleaned again at start (0 = same day).

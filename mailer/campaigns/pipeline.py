@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlmodel import Session, col
 
+from mailer.accounts.credits import settle
 from mailer.audience.models import ChannelStatus, Contact
 from mailer.audience.suppression import suppressed_among
 from mailer.bounces.classify import classify_smtp, is_rate_limited
@@ -188,6 +189,7 @@ def compiled_campaign(session: Session, campaign: Campaign, settings: Settings) 
 
 
 def _current_content(session: Session, campaign: Campaign) -> dict[str, Any]:
+    assert campaign.template_id is not None, "an e-mail campaign has a template"
     template = get_template(session, campaign.account_id, campaign.template_id)
     return {
         "subject": campaign.subject or template.subject,
@@ -218,7 +220,10 @@ def withheld_rows(
 
 
 def build_envelope(
-    compiled: CompiledCampaign, row: ClaimedRow, fields: Mapping[str, Any]
+    compiled: CompiledCampaign,
+    row: ClaimedRow,
+    fields: Mapping[str, Any],
+    variables: Mapping[str, Any] | None = None,
 ) -> tuple[Envelope, str]:
     """Render, assemble and sign one message; returns the envelope and its Message-ID.
 
@@ -232,6 +237,8 @@ def build_envelope(
         "unsubscribe_url": unsubscribe,
         "web_version_url": web_version_url(base, secret, row.id),
     }
+    if variables:  # a transactional message's own values; the names above win
+        context = {**variables, **context}
     # Links go through the click redirect; the open pixel and the hidden trap link (which
     # only machines follow) close the HTML.
     rendered = compiled.template.render(context, link_url=link_rewriter(base, secret, row.id))
@@ -511,6 +518,17 @@ def _record(
                 source=f"bounce:message:{message_id}",
                 now=now,
             )
+    if campaign_id is not None:
+        # The allowance: accepted messages are charged, failed ones released (a campaign
+        # reserved its recipients when it started; an account without one is not metered).
+        settle(
+            session,
+            account_id,
+            "email",
+            charged=len(by_state.get(MessageState.SENT, [])),
+            released=len(by_state.get(MessageState.FAILED, [])),
+            ref=f"campaign:{campaign_id}",
+        )
     return by_state, len(bounced)
 
 
@@ -555,11 +573,16 @@ def send_batch(
                 complete_if_done(session, campaign_id)
                 return BatchOutcome(0, {}, None)
             contacts = load_contacts(session, claim.rows)
+            withheld = withheld_rows(session, campaign.account_id, claim.rows, contacts)
             claim = withdraw_claimed(
+                session, claim, withheld, "suppressed or unsubscribed after the campaign started"
+            )
+            settle(
                 session,
-                claim,
-                withheld_rows(session, campaign.account_id, claim.rows, contacts),
-                "suppressed or unsubscribed after the campaign started",
+                campaign.account_id,
+                "email",
+                released=len(withheld),
+                ref=f"campaign:{campaign_id}",
             )
         # The claim is committed before anything leaves: a redelivered batch skips these rows.
         envelopes, failures, header_ids = build_envelopes(

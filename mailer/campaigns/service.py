@@ -3,6 +3,7 @@ resume, cancel, complete.  Interfaces call these; the send itself is ``pipeline.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,6 +12,7 @@ from sqlalchemy import Integer, String, func, insert, literal, select, update
 from sqlmodel import Session, col
 from sqlmodel import select as sm_select
 
+from mailer.accounts.credits import reserve, settle
 from mailer.accounts.service import get_account, normalise_email
 from mailer.audience.clean import ensure_fresh, get_checker
 from mailer.audience.models import Contact
@@ -186,6 +188,12 @@ def unschedule_campaign(session: Session, account_id: int, campaign_id: int) -> 
 def _check_ready(session: Session, campaign: Campaign, settings: Settings | None = None) -> None:
     """Refuse to start what cannot be sent: a broken template or an unknown sending domain."""
     settings = settings or get_settings()
+    if campaign.template_id is None:  # an SMS campaign: its text and sender
+        from mailer.campaigns.sms import check_sender, check_text
+
+        check_text((campaign.content or {}).get("text", ""))
+        check_sender((campaign.content or {}).get("sender", ""))
+        return
     template = get_template(session, campaign.account_id, campaign.template_id)
     check_syntax(campaign.subject or template.subject, template.html, template.text)
     domain = campaign.from_email.rsplit("@", 1)[1]
@@ -202,6 +210,10 @@ def start_campaign(
     campaign = get_campaign(session, account_id, campaign_id)
     settings = settings or get_settings()
     _check_ready(session, campaign, settings)
+    if campaign.channel == "sms":
+        from mailer.campaigns.sms import start_sms_campaign
+
+        return start_sms_campaign(session, campaign, settings)
     if campaign.started_at is None:
         # Before any write: the DNS lookups must not hold the database's write lock.
         ensure_fresh(
@@ -255,17 +267,23 @@ def start_campaign(
     if campaign.started_at is None:
         session.execute(insert(Message).from_select(columns, recipients))
         campaign.started_at = now
+        assert campaign.template_id is not None
         template = get_template(session, account_id, campaign.template_id)
         campaign.content = {
             "subject": campaign.subject or template.subject,
             "html": template.html,
             "text": template.text,
         }
-    campaign.total = int(
+    total = int(
         session.execute(
             select(func.count()).where(col(Message.campaign_id) == campaign_id)
         ).scalar_one()
     )
+    if campaign.total == 0 and total:
+        # The allowance holds every recipient now (released for those that fail); not
+        # enough of it refuses the start, and the transaction leaves the campaign a draft.
+        reserve(session, account_id, "email", total, ref=f"campaign:{campaign_id}")
+    campaign.total = total
     if campaign.total == 0:
         _transition(session, campaign, CampaignState.COMPLETED)
         campaign.completed_at = now
@@ -282,6 +300,12 @@ def enqueue_pending(campaign_id: int, *, settings: Settings | None = None) -> in
     settings = settings or get_settings()
     with session_scope(settings) as session:
         ids = pending_ids(session, campaign_id)
+        campaign = session.get(Campaign, campaign_id)
+        channel = campaign.channel if campaign is not None else "email"
+    if channel == "sms":
+        from mailer.campaigns.sms import enqueue_sms
+
+        return enqueue_sms(ids, settings=settings)
     size = settings.batch_size
     batches = [ids[i : i + size] for i in range(0, len(ids), size)]
     for batch in batches:
@@ -315,13 +339,18 @@ def resume_campaign(account_id: int, campaign_id: int) -> Campaign:
 def cancel_campaign(session: Session, account_id: int, campaign_id: int) -> Campaign:
     campaign = get_campaign(session, account_id, campaign_id)
     _transition(session, campaign, CampaignState.CANCELLED)
+    unsent = (
+        col(Message.campaign_id) == campaign_id,
+        col(Message.state).in_(MESSAGE_STATE.sources_of(MessageState.CANCELLED)),
+    )
+    # What the allowance held for the messages that will not go (an SMS holds its parts).
+    held = func.sum(col(Message.parts)) if campaign.channel == "sms" else func.count()
+    units = session.execute(select(func.coalesce(held, 0)).where(*unsent)).scalar_one()
     session.execute(
-        update(Message)
-        .where(
-            col(Message.campaign_id) == campaign_id,
-            col(Message.state).in_(MESSAGE_STATE.sources_of(MessageState.CANCELLED)),
-        )
-        .values(state=MessageState.CANCELLED, updated_at=utcnow())
+        update(Message).where(*unsent).values(state=MessageState.CANCELLED, updated_at=utcnow())
+    )
+    settle(
+        session, account_id, campaign.channel, released=int(units), ref=f"campaign:{campaign_id}"
     )
     return campaign
 
@@ -545,3 +574,28 @@ def sweep_sending_campaigns(quiet_for: timedelta, *, now: datetime | None = None
             enqueue_pending(campaign_id)
             stalled.append(campaign_id)
     return stalled
+
+
+def release_failed(session: Session, message_ids: Sequence[int]) -> None:
+    """Give back what the allowance held for rows that failed outside a batch (a worker
+    died and their attempts ran out): a unit per e-mail, its parts per SMS.  Test messages
+    held nothing."""
+    if not message_ids:
+        return
+    rows = session.execute(
+        select(
+            col(Message.account_id),
+            col(Message.channel),
+            col(Message.parts),
+            col(Message.campaign_id),
+            col(Message.origin),
+        ).where(col(Message.id).in_(list(message_ids)))
+    ).all()
+    held: dict[tuple[int, str], int] = {}
+    for account_id, channel, parts, campaign_id, origin in rows:
+        if campaign_id is None and not origin:
+            continue
+        key = (int(account_id), str(channel))
+        held[key] = held.get(key, 0) + (int(parts) if channel == "sms" else 1)
+    for (account_id, channel), units in held.items():
+        settle(session, account_id, channel, released=units, ref="failed:worker stopped")

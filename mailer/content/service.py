@@ -368,3 +368,30 @@ def check_syntax(subject: str, html: str, text: str | None = None) -> None:
     rewrite = rewrite_links(protect_jinja(html))
     for link, source, line in zip(rewrite.links, rewrite.sources, rewrite.lines, strict=True):
         _compile_link(link, source, line)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledText:
+    """A plain-text message (an SMS) compiled once, rendered per recipient."""
+
+    template: Template
+
+    def render(self, variables: Mapping[str, Any]) -> str:
+        context = {**TEMPLATE_GLOBALS, **variables}
+        try:
+            return _run(self.template, context)
+        except TemplateError:
+            raise
+        except _RENDER_ERRORS as exc:
+            line = _template_line(exc.__traceback__)
+            raise TemplateError(_describe(exc), part="text", line=line) from exc
+
+
+def compile_text(source: str) -> CompiledText:
+    """Compile the text of an SMS in the sandbox (no escaping: it is not HTML); raises
+    TemplateError naming the line."""
+    found = compiler.find_foreign_syntax(source)
+    if found is not None:
+        line, advice = found
+        raise TemplateError(advice, part="text", line=line)
+    return CompiledText(compile_part(TEXT_ENV, source, "text"))

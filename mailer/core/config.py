@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -231,6 +231,295 @@ class TrackingSettings(BaseModel):
     flush_seconds: float = Field(
         0.25, gt=0, le=5, description="How often buffered hits are written, in one batch."
     )
+    writer: Literal["process", "thread"] = Field(
+        "process",
+        description="Who writes the hits of an HTTP process: a writer process of its own, fed "
+        "through a pipe (the event loop only appends; the default), or a thread of the HTTP "
+        "process (one process fewer; its writing then competes with the requests for the GIL).",
+    )
+
+
+SmsReceiptState = Literal[
+    "delivered", "undelivered", "expired", "rejected", "deleted", "accepted", "enroute", "unknown"
+]
+"""The states of an SMS delivery receipt (``mailer.sms.types.ReceiptState``)."""
+
+
+def _default_sms_status_map() -> dict[str, SmsReceiptState]:
+    return {
+        "delivered": "delivered",
+        "undelivered": "undelivered",
+        "failed": "undelivered",
+        "expired": "expired",
+        "rejected": "rejected",
+        "deleted": "deleted",
+        "accepted": "accepted",
+        "queued": "accepted",
+        "sent": "enroute",
+        "enroute": "enroute",
+        # The SMPP receipt words, which many HTTP aggregators pass on as they are.
+        "delivrd": "delivered",
+        "undeliv": "undelivered",
+        "rejectd": "rejected",
+        "acceptd": "accepted",
+    }
+
+
+class SmsGatewaySettings(BaseModel):
+    """One SMS gateway ([[sms_gateways]] in mailer.toml; MAILER_SMS_GATEWAYS as a JSON list):
+    an SMPP 3.4 bind (``kind = "smpp"``) or a generic HTTP provider (``kind = "http"``)."""
+
+    name: str = Field(min_length=1, description="Name in logs and the ledger; unique.")
+    kind: Literal["smpp", "http"] = Field("smpp", description="smpp or http.")
+    # --- SMPP -------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="SMSC host (smpp).")
+    port: int = Field(2775, ge=1, le=65535, description="SMSC port (smpp).")
+    system_id: str = Field("", max_length=15, description="Bind system_id (smpp).")
+    password: SecretStr = Field(
+        SecretStr(""), description="Bind password (smpp; at most 8 characters)."
+    )
+    system_type: str = Field("", max_length=12, description="Bind system_type (smpp).")
+    rate_per_second: float = Field(
+        0, ge=0, description="Messages (parts) per second through this bind; 0 = no limit."
+    )
+    window: int = Field(
+        100, ge=1, le=10000, description="Requests in flight (submitted, not yet answered)."
+    )
+    reconnect_min_seconds: float = Field(
+        1.0, gt=0, description="First wait before binding again after a failure; doubles."
+    )
+    reconnect_max_seconds: float = Field(60.0, gt=0, description="Longest wait between binds.")
+    enquire_link_seconds: float = Field(
+        30.0, gt=0, description="Idle time after which the link is checked (enquire_link)."
+    )
+    response_timeout_seconds: float = Field(
+        30.0, gt=0, description="Longest wait for an answer to a request (smpp and http)."
+    )
+    throttle_backoff_seconds: float = Field(
+        1.0, gt=0, description="Pause after a 'throttled'/'queue full' answer; doubles, 30 s max."
+    )
+    max_retries: int = Field(
+        3, ge=0, description="Retries of a part after a transient error, before 'deferred'."
+    )
+    default_sender: str = Field(
+        "", max_length=20, description="Sender when a message has none (short code or id)."
+    )
+    validity_seconds: int | None = Field(
+        None, ge=60, description="Validity period asked of the SMSC; none = its default."
+    )
+    receipt_text_id: Literal["same", "decimal"] = Field(
+        "same",
+        description='How the receipt text writes the message id: "same" as submit_sm_resp, or '
+        '"decimal" (the SMSC answers submit_sm in hexadecimal and writes receipts in decimal).',
+    )
+    inbound_parts_timeout_seconds: float = Field(
+        600, gt=0, description="An inbound concatenated message still missing parts is passed on."
+    )
+    # --- HTTP -------------------------------------------------------------------------------
+    http_url: str = Field("", description="Endpoint that takes one message (http).")
+    http_method: Literal["POST", "PUT", "GET"] = Field("POST", description="HTTP method.")
+    http_auth: Literal["none", "bearer", "basic", "header"] = Field(
+        "none", description="bearer (http_token), basic (http_username + http_token) or header."
+    )
+    http_username: str = Field("", description="User of basic auth.")
+    http_token: SecretStr = Field(
+        SecretStr(""), description="Bearer token, basic password or the auth header's value."
+    )
+    http_header_name: str = Field("", description="Auth header name (http_auth = header).")
+    http_headers: dict[str, str] = Field(default_factory=dict, description="Extra headers.")
+    http_body: Literal["json", "form", "query"] = Field(
+        "json", description="How http_template is sent: JSON body, form body or query string."
+    )
+    http_template: dict[str, Any] = Field(
+        default_factory=lambda: {
+            "to": "{to}",
+            "from": "{sender}",
+            "text": "{text}",
+            "reference": "{ref}",
+        },
+        description="Request fields; strings may hold {to}, {to_digits}, {sender}, {text}, "
+        "{ref}, {parts}, {validity_seconds}; nested objects and lists are allowed (json).",
+    )
+    http_id_path: str = Field(
+        "id", description="Dotted path to the message id in the JSON answer (a.b.0.c)."
+    )
+    http_deferred_statuses: list[int] = Field(
+        default_factory=lambda: [408, 425, 429, 500, 502, 503, 504],
+        description="HTTP statuses that mean 'try again later'; other non-2xx are rejections.",
+    )
+    http_rejected_body: str = Field(
+        "", description="Regular expression: an answer body matching it is a rejection."
+    )
+    http_deferred_body: str = Field(
+        "", description="Regular expression: an answer body matching it means try later."
+    )
+    http_status_items_path: str = Field(
+        "", description="Dotted path to the list of statuses in a status webhook; empty = body."
+    )
+    http_status_id_path: str = Field("id", description="Message id within one status.")
+    http_status_state_path: str = Field("status", description="State within one status.")
+    http_status_error_path: str = Field("", description="Error code within one status.")
+    http_status_done_path: str = Field("", description="Time of the state (ISO 8601 or epoch).")
+    http_status_map: dict[str, SmsReceiptState] = Field(
+        default_factory=_default_sms_status_map,
+        description="Provider state (case-insensitive) -> receipt state; others are unknown.",
+    )
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> SmsGatewaySettings:
+        if self.kind == "smpp":
+            if not self.system_id:
+                raise ConfigError(
+                    "SMS gateway {name}: an smpp gateway needs a system_id",
+                    field="sms_gateways",
+                    name=self.name,
+                )
+            if len(self.password.get_secret_value()) > 8:
+                raise ConfigError(
+                    "SMS gateway {name}: an SMPP password has at most 8 characters",
+                    field="sms_gateways",
+                    name=self.name,
+                )
+        elif not self.http_url:
+            raise ConfigError(
+                "SMS gateway {name}: an http gateway needs http_url",
+                field="sms_gateways",
+                name=self.name,
+            )
+        return self
+
+
+class SmsSettings(BaseModel):
+    """The SMS channel's business rules (the gateways themselves are ``sms_gateways``)."""
+
+    gateway: str = Field(
+        "",
+        description="Name of the gateway of ``sms_gateways`` that sends; empty = the first; "
+        "none configured = the capture gateway (accepts and reports delivered, sends nothing).",
+    )
+    default_region: str = Field("PE", description="Region of numbers given without +code.")
+    default_sender: str = Field(
+        "INFO", max_length=16, description="Sender id when the account has none of its own."
+    )
+    validity_hours: int = Field(
+        48, ge=1, le=24 * 7, description="A submitted SMS with no final receipt expires then."
+    )
+    batch_size: int = Field(200, ge=1, le=5000, description="Messages per queue message.")
+    max_parts: int = Field(
+        10, ge=1, le=255, description="Longest SMS accepted, in parts (each part is charged)."
+    )
+    submit_timeout_seconds: float = Field(
+        300, gt=0, description="How long a batch may wait for the gateway's answers."
+    )
+    retry_seconds: int = Field(60, ge=1, description="First retry of a deferred SMS (doubles).")
+    stop_keywords: list[str] = Field(
+        default_factory=lambda: ["BAJA", "STOP", "SALIR"],
+        description="Replies that leave SMS (case- and accent-insensitive).",
+    )
+    start_keywords: list[str] = Field(
+        default_factory=lambda: ["ALTA"], description="Replies that rejoin SMS."
+    )
+    stop_reply: str = Field(
+        "Listo: no recibirás más SMS de {account}. Responde ALTA para volver.",
+        description="Acknowledgement of a stop keyword; empty = none.",
+    )
+    start_reply: str = Field(
+        "Listo: vuelves a recibir SMS de {account}. Responde BAJA para salir.",
+        description="Acknowledgement of a start keyword; empty = none.",
+    )
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.strip().strip("[]").lower().rstrip(".")
+    if name in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class MailboxSettings(BaseModel):
+    """An IMAP or POP3 mailbox that `mailer inbound` polls for the same bounces, complaints
+    and mailto unsubscribes, where they are delivered to a mailbox rather than to the SMTP
+    receiver ([inbound.mailbox] in mailer.toml, MAILER_INBOUND__MAILBOX__HOST=...)."""
+
+    protocol: Literal["imap", "pop3"] = Field("imap", description="imap or pop3.")
+    host: str = Field("", description="Mail server host name; empty = no polling.")
+    port: int = Field(
+        0, ge=0, le=65535, description="0 = the protocol's: 993/995 with tls, 143/110 otherwise."
+    )
+    security: Literal["tls", "starttls", "none"] = Field(
+        "tls",
+        description="tls (implicit, IMAPS/POP3S), starttls, or none (only for a server on "
+        "this machine: 127.0.0.1, ::1, localhost).",
+    )
+    username: str = Field("", description="Login name.")
+    password: SecretStr = Field(SecretStr(""), description="Login password.")
+    ca_file: str = Field(
+        "", description="PEM file of the CA(s) to trust for the server; empty = the system's."
+    )
+    folder: str = Field("INBOX", description="IMAP folder polled (POP3: always the inbox).")
+    processed_folder: str = Field(
+        "", description="IMAP: handled messages are moved here; empty = they are deleted."
+    )
+    error_folder: str = Field(
+        "",
+        description="IMAP: messages that could not be handled are moved here; empty = they "
+        "stay, flagged, and are skipped until unflagged.",
+    )
+    poll_seconds: float = Field(60, gt=0, description="Wait between two polls.")
+    max_per_poll: int = Field(100, ge=1, description="Messages fetched per poll at most.")
+    timeout_seconds: float = Field(60, gt=0, description="Network timeout of one command.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host.strip())
+
+    @property
+    def effective_port(self) -> int:
+        if self.port:
+            return self.port
+        if self.protocol == "imap":
+            return 993 if self.security == "tls" else 143
+        return 995 if self.security == "tls" else 110
+
+    @model_validator(mode="after")
+    def _check_mailbox(self) -> MailboxSettings:
+        if not self.enabled:
+            return self
+        password = self.password.get_secret_value()
+        if not self.username.strip():
+            raise ConfigError(
+                "inbound.mailbox.host is set but inbound.mailbox.username is empty: set "
+                "MAILER_INBOUND__MAILBOX__USERNAME (or username in [inbound.mailbox])",
+                field="inbound.mailbox.username",
+            )
+        if not password or password == PLACEHOLDER_SECRET or password.startswith("change-me"):
+            raise ConfigError(
+                "inbound.mailbox.password is empty or a placeholder: set "
+                "MAILER_INBOUND__MAILBOX__PASSWORD (or password in [inbound.mailbox])",
+                field="inbound.mailbox.password",
+            )
+        if self.security == "none" and not _is_loopback(self.host):
+            raise ConfigError(
+                'inbound.mailbox.security = "none" sends the password in clear text: it is '
+                'allowed only for a server on this machine, not {host}; use "tls" or "starttls"',
+                field="inbound.mailbox.security",
+                host=self.host,
+            )
+        if self.protocol == "pop3" and (
+            self.processed_folder or self.error_folder or self.folder.upper() != "INBOX"
+        ):
+            raise ConfigError(
+                "POP3 has no folders: leave inbound.mailbox.folder, processed_folder and "
+                'error_folder at their defaults, or use protocol = "imap"',
+                field="inbound.mailbox.protocol",
+            )
+        return self
 
 
 class InboundSettings(BaseModel):
@@ -251,6 +540,10 @@ class InboundSettings(BaseModel):
     max_bytes: int = Field(
         10 * 1024 * 1024, ge=1024, description="Largest message accepted (larger: 552)."
     )
+    mailbox: MailboxSettings = Field(
+        default_factory=MailboxSettings,  # type: ignore[arg-type]
+        description="An IMAP or POP3 mailbox polled for the same messages (empty host = none).",
+    )
 
     @field_validator("domains", mode="before")
     @classmethod
@@ -258,6 +551,113 @@ class InboundSettings(BaseModel):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+
+class WebhookSettings(BaseModel):
+    """Outbound signed webhooks: timeouts, the retry schedule and when an endpoint is
+    disabled."""
+
+    timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="Longest wait for a receiver's answer to one attempt."
+    )
+    retry_delays_seconds: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000],
+        description="Wait before each retry after a failed attempt (5 s, 5 min, 30 min, 2 h, "
+        "5 h, 10 h, 10 h), each with jitter; also a comma-separated string.",
+    )
+    max_age_hours: float = Field(
+        24,
+        gt=0,
+        description="An attempt series lasts at most this long: a retry that would fall later "
+        "is made at the deadline, then the delivery fails (it can be replayed).",
+    )
+    jitter: float = Field(
+        0.1, ge=0, le=0.5, description="Each retry delay varies by up to this fraction."
+    )
+    disable_after_hours: float = Field(
+        24,
+        gt=0,
+        description="An endpoint is disabled when a delivery runs out of retries and no attempt "
+        "to it succeeded for this long (a 410 Gone answer disables it at once).",
+    )
+    worker_threads: int = Field(
+        2, ge=1, description="Threads per worker process for the webhooks queue only."
+    )
+    claim_lease_seconds: int = Field(
+        600, ge=30, description="A claimed delivery not recorded after this is claimed again."
+    )
+    dispatch_batch: int = Field(1000, ge=1, description="Events read per dispatcher step.")
+    gap_grace_seconds: float = Field(
+        300,
+        ge=0,
+        description="How long the dispatcher waits for an event id it skipped (a transaction "
+        "that committed late) before giving it up.",
+    )
+
+    @field_validator("retry_delays_seconds", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip().removeprefix("[").removesuffix("]")
+            return [int(part) for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("retry_delays_seconds")
+    @classmethod
+    def _check_delays(cls, value: list[int]) -> list[int]:
+        if any(delay < 0 for delay in value):
+            raise ValueError("retry delays are seconds, zero or more")
+        return value
+
+
+class WelcomeSettings(BaseModel):
+    """The welcome e-mail of a new portal user: a short usage guide, with a link to choose a
+    password when the user was created without one."""
+
+    enabled: bool = Field(True, description="Send a welcome e-mail to new portal users.")
+    from_email: str = Field(
+        "",
+        description="Sender of the welcome; empty = no-responder@ the first sending domain "
+        "(with no sending domain the welcome is skipped and the page says so).",
+    )
+    from_name: str = Field("mailer", description="Sender name of the welcome.")
+    set_password_days: int = Field(
+        7, ge=1, le=30, description="Days the link to choose a password stays valid."
+    )
+
+
+class ApiSettings(BaseModel):
+    """The REST API: OAuth access tokens, rate limits per application, idempotency keys."""
+
+    token_seconds: int = Field(
+        3600, ge=60, le=86400, description="Lifetime of an OAuth 2.0 access token."
+    )
+    rate_per_second: float = Field(
+        100,
+        ge=0,
+        description="Requests per second an application (API key or OAuth client) may make, "
+        "sustained; 0 = no limit.  A key or client may have its own.  Shared by all processes "
+        "through Redis when broker_url is redis://, per process otherwise.",
+    )
+    burst: int = Field(
+        200, ge=1, description="Requests an application may make at once (the bucket's size)."
+    )
+    idempotency_hours: float = Field(
+        24, gt=0, description="How long an Idempotency-Key and its stored response are kept."
+    )
+    idempotency_wait_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=30,
+        description="How long a duplicate of a request still running waits for its outcome "
+        "before answering 409 request_in_progress.",
+    )
+    idempotency_lease_seconds: float = Field(
+        300,
+        ge=10,
+        description="A request that claimed a key and neither committed nor answered within "
+        "this (its process died) leaves the key to a retry.",
+    )
 
 
 class Settings(BaseSettings):
@@ -323,6 +723,19 @@ class Settings(BaseSettings):
     dns: DnsSettings = Field(default_factory=DnsSettings)  # type: ignore[arg-type]
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)  # type: ignore[arg-type]
     inbound: InboundSettings = Field(default_factory=InboundSettings)  # type: ignore[arg-type]
+    sms: SmsSettings = Field(default_factory=SmsSettings)  # type: ignore[arg-type]
+    sms_gateways: list[SmsGatewaySettings] = Field(
+        default_factory=list,
+        description="SMS gateways ([[sms_gateways]] in mailer.toml, MAILER_SMS_GATEWAYS as JSON).",
+    )
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)  # type: ignore[arg-type]
+    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
+    welcome: WelcomeSettings = Field(default_factory=WelcomeSettings)  # type: ignore[arg-type]
+    audit_retention_days: int = Field(
+        400,
+        ge=365,
+        description="Audit log entries older than this are purged (at least a year is kept).",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -56,6 +56,18 @@ class Conflict(MailerError):
     code = "conflict"
 
 
+class RateLimited(MailerError):
+    """Too many requests from one application: try again in ``retry_after`` seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            "too many requests: wait {seconds} s before the next one", seconds=retry_after
+        )
+        self.retry_after = retry_after
+
+
 class IllegalTransition(MailerError):
     """A state machine was asked for a transition its table does not allow."""
 

@@ -9,8 +9,16 @@ from collections.abc import Callable
 from typing import Any
 
 from mailer.core.queue import enqueue
-from mailer.scheduler.tasks import recover_stalled_sends, start_due_campaigns
+from mailer.scheduler.tasks import (
+    expire_allowances,
+    purge_audit_log,
+    purge_idempotency_keys,
+    recover_stalled_sends,
+    send_due_sms,
+    start_due_campaigns,
+)
 from mailer.tracking.tasks import purge_expired_events
+from mailer.webhooks.tasks import dispatch_webhook_events, retry_due_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +26,12 @@ PERIODIC: tuple[tuple[Callable[..., Any], float], ...] = (
     (start_due_campaigns, 15.0),
     (recover_stalled_sends, 60.0),
     (purge_expired_events, 6 * 3600.0),
+    (dispatch_webhook_events, 5.0),
+    (retry_due_webhooks, 15.0),
+    (send_due_sms, 15.0),
+    (expire_allowances, 3600.0),
+    (purge_audit_log, 24 * 3600.0),
+    (purge_idempotency_keys, 3600.0),
 )
 
 

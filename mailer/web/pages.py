@@ -43,6 +43,7 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
         role_label=ROLE_LABELS_ES.get(role) if role else None,  # type: ignore[call-overload]
         can_edit=role is not None and can(role, Permission.EDIT),
         can_send=role is not None and can(role, Permission.SEND),
+        can_admin=role is not None and can(role, Permission.ADMIN),
         csrf_token=csrf_token(request),
         state_labels=STATE_LABELS_ES,
         flash=request.session.pop("flash", None),

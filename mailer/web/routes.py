@@ -12,12 +12,15 @@ from fastapi import APIRouter, Form, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 
+from mailer.accounts import totp
+from mailer.accounts.admin import account_of_email
 from mailer.accounts.service import (
     Principal,
     audit,
     authenticate,
     end_sessions,
     get_account,
+    get_user,
     user_principal,
 )
 from mailer.analytics.service import campaign_stats, ledger_totals
@@ -26,6 +29,7 @@ from mailer.audience.importer import ImportReport
 from mailer.campaigns import service as campaigns
 from mailer.content import store as templates
 from mailer.content.preview import sample_subject
+from mailer.core.clock import utcnow
 from mailer.core.config import get_settings
 from mailer.core.errors import AuthenticationFailed, MailerError
 from mailer.delivery import service as delivery
@@ -37,7 +41,9 @@ from mailer.web.auth import (
     Reader,
     Sender,
     SessionDep,
+    await_second_factor,
     login,
+    second_factor_user,
 )
 from mailer.web.pages import (
     SANDBOX_HEADERS,
@@ -71,7 +77,16 @@ def login_submit(
     try:
         user = authenticate(session, email, password)
     except AuthenticationFailed:
-        audit(session, None, "login.failed", email[:200], ip=client_ip(request))
+        # Filed under the account of the address when it is a user's, so its
+        # administrators see attempts on their users.
+        audit(
+            session,
+            None,
+            "login.failed",
+            email[:200],
+            ip=client_ip(request),
+            account_id=account_of_email(session, email),
+        )
         session.commit()
         return render(
             request,
@@ -80,9 +95,53 @@ def login_submit(
             error="Correo o contraseña incorrectos.",
             email=email,
         )
+    if totp.is_enabled(user):
+        await_second_factor(request, user)
+        return redirect("/login/totp")
     principal = user_principal(user)
     login(request, principal, user.session_epoch)
     audit(session, principal, "login", ip=client_ip(request))
+    return redirect("/")
+
+
+@router.get("/login/totp")
+def login_totp_page(request: Request, session: SessionDep) -> Response:
+    if second_factor_user(request, session) is None:
+        return redirect("/login")
+    return render(request, "login_totp.html")
+
+
+@router.post("/login/totp", dependencies=[CsrfChecked])
+def login_totp_submit(
+    request: Request,
+    session: SessionDep,
+    code: Annotated[str, Form(max_length=64)] = "",
+) -> Response:
+    """The second step of a login with two-factor authentication: a code of the app, or
+    one of the recovery codes."""
+    user = second_factor_user(request, session)
+    if user is None:
+        flash(request, "El tiempo para el código venció: ingrese de nuevo.", "error")
+        return redirect("/login")
+    principal = user_principal(user)
+    try:
+        method = totp.check_code(session, user, code, get_settings().secret_key)
+    except AuthenticationFailed as exc:
+        if not isinstance(exc, totp.TotpLocked):
+            audit(session, principal, totp.FAILED_ACTION, f"user:{user.id}", ip=client_ip(request))
+        session.commit()
+        return render(request, "login_totp.html", status_code=401, error=tr(exc))
+    user.last_login_at = utcnow()
+    session.add(user)
+    login(request, principal, user.session_epoch)
+    audit(session, principal, "login", ip=client_ip(request), second_factor=method)
+    if method == "recovery":
+        left = totp.recovery_codes_left(user)
+        flash(
+            request,
+            f"Ingresó con un código de recuperación; le quedan {left}. "
+            "Genere códigos nuevos en «Seguridad» si le quedan pocos.",
+        )
     return redirect("/")
 
 
@@ -91,7 +150,10 @@ def logout(request: Request, session: SessionDep) -> Response:
     """Log out, here and everywhere: a copy of the cookie is worthless afterwards."""
     user_id = request.session.get("user_id")
     if user_id:
+        user = get_user(session, int(user_id))
         end_sessions(session, int(user_id))
+        if user is not None:
+            audit(session, user_principal(user), "logout", ip=client_ip(request))
     request.session.clear()
     return redirect("/login")
 
@@ -248,9 +310,11 @@ def campaign_create(
 @router.get("/campaigns/{campaign_id}")
 def campaign_detail(
     request: Request, campaign_id: Id, session: SessionDep, principal: Reader
-) -> HTMLResponse:
+) -> Response:
     campaign = campaigns.get_campaign(session, principal.account_id, campaign_id)
     counts = campaigns.campaign_counts(session, campaign)
+    if campaign.template_id is None:  # an SMS campaign has its own page
+        return redirect(f"/sms/campaigns/{campaign.id}")
     template = templates.get_template(session, principal.account_id, campaign.template_id)
     return render(
         request,

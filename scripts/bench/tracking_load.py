@@ -8,9 +8,15 @@ open and click URLs of those messages (bounded: --hits in total and --seconds), 
 the server (its shutdown writes what is still buffered), and counts the events written.
 Prints JSON last: hits, seconds, hits_per_s, p99_ms, recorded.
 
+The app is ``create_app``'s: a :class:`~mailer.web.tracking.TrackingApp`, which answers
+the hits before any middleware, each worker handing its hits to a writer process of its own
+(``tracking.writer``).  ``--fast-path`` also wraps it in ``TrackingFastPath`` as
+``mailer serve`` does (the same path).  The machine is shared: ``load_before`` is the
+1-minute load average when the run starts.
+
     apt-get install -y wrk
     .venv/bin/python scripts/bench/tracking_load.py --hits 60000 --connections 64
-    .venv/bin/python scripts/bench/tracking_load.py --fast-path   # TrackingFastPath in front
+    .venv/bin/python scripts/bench/tracking_load.py --sqlite --seconds 30
 """
 
 from __future__ import annotations
@@ -278,6 +284,7 @@ def main() -> None:
         server = subprocess.Popen(command, cwd=REPO, start_new_session=True)
         wait_ready(f"{base}/healthz")
         per_thread = args.hits // args.threads
+        load_before = os.getloadavg()[0]
         started = time.perf_counter()
         load = subprocess.run(
             [
@@ -319,6 +326,7 @@ def main() -> None:
                     "database": url.split(":", 1)[0],
                     "fast_path": args.fast_path,
                     "connections": args.connections,
+                    "load_before": round(load_before, 2),
                     "wrk": report,
                     "run_seconds": round(seconds, 2),
                     "hits": hits,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from mailer.accounts.service import create_api_key
+from mailer.accounts.service import create_api_key, create_oauth_client
 from mailer.asgi import create_app
 from mailer.core.config import Settings
 from mailer.storage.db import session_scope
@@ -199,12 +199,40 @@ ROUTES = [
     ("get", "/api/v1/cleanings/{run_id}", "read"),
     ("post", "/api/v1/cleanings/fixes", "edit"),
     ("post", "/api/v1/verify", "read"),
+    ("get", "/api/v1/webhooks", "admin"),
+    ("post", "/api/v1/webhooks", "admin"),
+    ("get", "/api/v1/webhooks/{webhook_id}", "admin"),
+    ("patch", "/api/v1/webhooks/{webhook_id}", "admin"),
+    ("delete", "/api/v1/webhooks/{webhook_id}", "admin"),
+    ("post", "/api/v1/webhooks/{webhook_id}/rotate-secret", "admin"),
+    ("post", "/api/v1/webhooks/{webhook_id}/test", "admin"),
+    ("get", "/api/v1/webhooks/{webhook_id}/deliveries", "admin"),
+    ("post", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/replay", "admin"),
+    ("post", "/api/v1/webhooks/{webhook_id}/replay-failed", "admin"),
+    ("post", "/api/v1/sms", "send"),
+    ("get", "/api/v1/sms/replies", "read"),
+    ("get", "/api/v1/sms/{message_id}", "read"),
+    ("post", "/api/v1/sms/count", "read"),
+    ("get", "/api/v1/sms/campaigns/{campaign_id}/stats", "read"),
+    ("get", "/api/v1/credits", "read"),
+    ("post", "/api/v1/messages", "send"),
+    ("get", "/api/v1/messages/{message_id}", "read"),
+    ("post", "/api/v1/oauth/token", "public"),
+    ("get", "/api/v1/oauth/clients", "admin"),
+    ("post", "/api/v1/oauth/clients", "admin"),
+    ("delete", "/api/v1/oauth/clients/{client_id}", "admin"),
 ]
 GRANTED = {
-    "viewer": {"read"},
-    "editor": {"read", "edit"},
-    "manager": {"read", "edit", "send"},
-    "admin": {"read", "edit", "send"},
+    "viewer": {"public", "read"},
+    "editor": {"public", "read", "edit"},
+    "manager": {"public", "read", "edit", "send"},
+    "admin": {"public", "read", "edit", "send", "admin"},
+}
+# Routes that a channel scope also opens (besides the broad "send").
+NARROW_SCOPES = {
+    ("post", "/api/v1/sms"): "sms:send",
+    ("post", "/api/v1/messages"): "email:send",
+    ("post", "/api/v1/templates/{template_id}/test"): "email:send",
 }
 
 
@@ -217,27 +245,79 @@ def test_every_api_route_is_in_the_role_matrix(client: TestClient) -> None:
     assert declared == {(method, path) for method, path, _ in ROUTES}
 
 
+def route_path(template: str, world: World) -> str:
+    return template.format(
+        list_id=world.list_id,
+        template_id=world.template_id,
+        campaign_id=world.campaign_id,
+        version=1,
+        key="comunicado",
+        contact_id=1,
+        segment_id=1,
+        import_id=1,
+        run_id=1,
+        name="ciudad",
+        channel="email",
+        value="nadie@example.pe",
+        webhook_id=1,
+        delivery_id=1,
+        message_id=1,
+        client_id="mc_0000000000000000",
+    )
+
+
 @pytest.mark.parametrize("role", ["viewer", "editor", "manager", "admin"])
 def test_role_matrix_on_every_route(client: TestClient, world: World, role: str) -> None:
     headers = key_for(world, role)
     for method, template, needs in ROUTES:
-        path = template.format(
-            list_id=world.list_id,
-            template_id=world.template_id,
-            campaign_id=world.campaign_id,
-            version=1,
-            key="comunicado",
-            contact_id=1,
-            segment_id=1,
-            import_id=1,
-            run_id=1,
-            name="ciudad",
-            channel="email",
-            value="nadie@example.pe",
-        )
+        path = route_path(template, world)
         response = client.request(method, path, headers=headers, json={})
         if needs in GRANTED[role]:
             assert response.status_code != 403, (role, method, path, response.text)
         else:
             assert response.status_code == 403, (role, method, path, response.status_code)
             assert response.json()["error"]["code"] == "permission_denied"
+
+
+@pytest.mark.parametrize(
+    ("role", "scopes"),
+    [
+        ("admin", "read send"),
+        ("manager", "read"),
+        ("manager", "read sms:send"),
+        ("editor", "edit"),
+        ("viewer", "read"),
+    ],
+)
+def test_role_and_scope_matrix_with_oauth_tokens(
+    client: TestClient, world: World, role: str, scopes: str
+) -> None:
+    """A token needs both its client's role and a scope: narrower scopes than the role
+    refuse with insufficient_scope, a role that does not allow it with permission_denied."""
+    with session_scope() as session:
+        oauth_client, secret = create_oauth_client(
+            session, world.account_id, f"app-{role}-{scopes}", role, scopes=scopes
+        )
+    token = client.post(
+        "/api/v1/oauth/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": oauth_client.client_id,
+            "client_secret": secret,
+        },
+    ).json()
+    assert token["scope"] == " ".join(sorted(scopes.split()))
+    headers = {"Authorization": f"Bearer {token['access_token']}"}
+    granted = set(scopes.split()) | {"public"}
+    for method, template, needs in ROUTES:
+        path = route_path(template, world)
+        response = client.request(method, path, headers=headers, json={})
+        narrow = NARROW_SCOPES.get((method, template))
+        if needs not in GRANTED[role]:
+            assert response.status_code == 403, (role, method, path, response.status_code)
+            assert response.json()["error"]["code"] == "permission_denied"
+        elif needs in granted or narrow in granted:
+            assert response.status_code != 403, (role, scopes, method, path, response.text)
+        else:
+            assert response.status_code == 403, (role, scopes, method, path, response.text)
+            assert response.json()["error"]["code"] == "insufficient_scope"

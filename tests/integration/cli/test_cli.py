@@ -205,3 +205,35 @@ def test_template_commands(sqlite_settings: Settings, tmp_path: Path, configure:
     finally:
         relay.stop()
     assert len(recorder.messages) == 1
+
+
+def test_sms_and_allowances_from_the_command_line(sqlite_settings: Settings) -> None:
+    from mailer.campaigns.sms import close_gateway_loop
+
+    created = runner.invoke(
+        app,
+        ["user", "create", "sms@example.pe", "--role", "admin", "--account-name", "Ent"],
+        input="una clave larga 123\nuna clave larga 123\n",
+    )
+    assert created.exit_code == 0, created.output
+    granted = runner.invoke(app, ["credits", "grant", "sms", "10"])
+    assert granted.exit_code == 0 and "10 disponibles" in granted.output, granted.output
+    account = runner.invoke(app, ["sms", "account", "--sender", "ENTIDAD"])
+    assert "remitente: ENTIDAD" in account.output and "baja: BAJA, STOP, SALIR" in account.output
+    counted = runner.invoke(app, ["sms", "count", "Canción: ¿Qué tal?"])
+    assert "UCS2" in counted.output and "Cancion: ¿Qué tal?" in counted.output
+    try:
+        sent = runner.invoke(
+            app, ["sms", "send", "Hola", "--to", "987654321", "--to", "987650000", "--to", "12"]
+        )
+    finally:
+        close_gateway_loop()
+    assert sent.exit_code == 0, sent.output
+    assert "+51987654321: delivered" in sent.output
+    assert "+51987650000: undelivered" in sent.output
+    assert "12" in sent.output and "not a valid phone number" in sent.output
+    shown = runner.invoke(app, ["credits", "show"])
+    assert "sms: 9 disponibles, 0 reservados" in shown.output, shown.output
+    assert "charge 1" in shown.output and "release 1" in shown.output
+    too_much = runner.invoke(app, ["sms", "send", "x" * 2000, "--to", "987654321"])
+    assert too_much.exit_code == 1 and "parts long" in too_much.output

@@ -4,6 +4,7 @@ machine figures, the statistics endpoint and page, and retention (roll up, then 
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 from collections.abc import Iterator
@@ -202,8 +203,7 @@ def test_opens_clicks_human_and_machine_in_the_statistics(
     assert 'id="stat-clicked-total">(4)<' in page and "Estadísticas" in page
 
 
-def test_trap_and_bursts_unmask_earlier_activity(sqlite_settings: Settings, tmp_path: Path) -> None:
-    settings = sqlite_settings
+def test_trap_and_bursts_unmask_earlier_activity(settings: Settings, tmp_path: Path) -> None:
     world, (m0, m1, _m2) = sent_world(settings, tmp_path, 3)
     with TestClient(create_app(settings)) as client:
         secret, human = settings.secret_key, {"User-Agent": CHROME}
@@ -259,14 +259,102 @@ def test_buffer_is_written_at_shutdown_and_survives_a_database_error(
                     path_of(open_url(BASE, settings.secret_key, message_id)),
                     headers={"User-Agent": CHROME},
                 )
-    # No explicit flush: the app's shutdown wrote everything.
+        child = hit_buffer(client.app)._child
+        assert child is not None and child.alive()  # a writer process of its own
+    # No explicit flush: the app's shutdown wrote everything, and the writer process ended.
     assert len(events(settings, kind="opened")) == 150
+    assert child.process.returncode == 0
 
-    buffer = HitBuffer(settings.model_copy(update={"database_url": "sqlite:////nonexistent/x/db"}))
-    buffer._hits.append(Hit(OPEN, ids[0], time.time(), "GET", CHROME, "10.1.2.3"))
+    (tmp_path / "not-a-database").mkdir()
+    broken = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path}/not-a-database"})
+    hit = Hit(OPEN, ids[0], time.time(), "GET", CHROME, "10.1.2.3")
+    buffer = HitBuffer(broken, writer="thread")
+    buffer._hits.append(hit)
     with pytest.raises(Exception):  # noqa: B017 (any database error)
         buffer.flush()
     assert buffer.pending() == 1  # kept for the next flush, not dropped
+
+    buffer = HitBuffer(broken, writer="process")
+    buffer.add(hit)
+    try:
+        with pytest.raises(RuntimeError, match="could not write"):
+            buffer.flush()  # the writer process keeps the hit for its next flush
+    finally:
+        buffer.stop()
+    assert buffer._child is None and buffer.pending() == 0
+
+
+def test_writer_process_crashes_lose_only_what_it_held(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    settings = sqlite_settings.model_copy(
+        update={"tracking": sqlite_settings.tracking.model_copy(update={"flush_seconds": 5})}
+    )
+    _world, (m0, m1) = sent_world(settings, tmp_path, 2)
+    buffer = HitBuffer(settings, writer="process")
+    try:
+        buffer.add(Hit(OPEN, m0, time.time(), "GET", CHROME, "10.1.2.3"))
+        assert buffer.flush() == 1
+        first = buffer._child
+        assert first is not None
+        # The writer process is killed holding one hit: that one is lost, later ones are not.
+        buffer.add(Hit(OPEN, m0, time.time(), "GET", CHROME, "10.1.2.3"))
+        with buffer._flush_lock:
+            buffer._ship()
+        first.process.kill()
+        first.process.wait()
+        buffer.add(Hit(OPEN, m1, time.time(), "GET", CHROME, "10.1.2.3"))
+        assert buffer.flush() == 1  # by a new writer process
+        assert buffer._child is not None and buffer._child is not first
+        # The HTTP process dies (its end of the pipe closes): the writer writes what it
+        # was handed, then ends.
+        buffer.add(Hit(OPEN, m1, time.time(), "GET", CHROME, "10.1.2.3"))
+        with buffer._flush_lock:
+            buffer._ship()
+        orphan = buffer._child
+        orphan._close_pipes()
+        assert orphan.process.wait(timeout=30) == 0
+        buffer._child = None
+    finally:
+        buffer.stop()
+    opened = [e.message_id for e in events(settings, kind="opened")]
+    assert sorted(opened) == [m0, m1, m1]
+
+
+def test_events_keep_any_agent_and_url_exactly(
+    settings: Settings, tmp_path: Path, client: TestClient
+) -> None:
+    """Tabs, newlines, backslashes and non-ASCII text go through COPY and the JSON as they
+    came; the times are the hits' times to the microsecond."""
+    _world, (m0,) = sent_world(settings, tmp_path, 1)
+    agent = 'Mozilla/5.0 (X11; "ñandú") \\N\ttab\nline \\. end'
+    url = "https://www.example.pe/p?q=a\\b&r=ñ%09"
+    at = 1_790_000_000.123456
+    buffer = hit_buffer(client.app)
+    buffer.add(Hit(CLICK, m0, at, "GET", agent, "2001:db8::1", 3, url))
+    buffer.add(Hit(OPEN, m0, at + 1, "HEAD", agent, "192.0.2.77"))
+    assert buffer.flush() == 2
+    clicked, opened = events(settings, kind="clicked")[0], events(settings, kind="opened")[0]
+    assert clicked.data["ua"] == agent and clicked.data["url"] == url
+    assert clicked.data["link"] == 3 and clicked.data["ip"] == "2001:db8::/48"
+    assert opened.data["method"] == "HEAD" and opened.data["ip"] == "192.0.2.0/24"
+    assert clicked.occurred_at.timestamp() == pytest.approx(at, abs=1e-6)
+    assert opened.occurred_at.timestamp() == pytest.approx(at + 1, abs=1e-6)
+    with session_scope(settings) as session:  # stored times compare with the ORM's
+        later = select(func.count()).where(
+            col(Event.kind) == "opened", col(Event.occurred_at) > clicked.occurred_at
+        )
+        assert session.execute(later).scalar_one() == 1
+
+
+def test_hits_skip_the_portal_middleware(settings: Settings, client: TestClient) -> None:
+    """The tracking fast path answers before the session and metrics middleware."""
+    pixel = client.get(path_of(open_url(BASE, settings.secret_key, 1)))
+    assert pixel.status_code == 200 and pixel.content == PIXEL_GIF
+    assert "set-cookie" not in pixel.headers and "x-frame-options" not in pixel.headers
+    health = client.get("/healthz")
+    assert health.headers["x-content-type-options"] == "nosniff"  # the others do not
+    assert gc.get_freeze_count() > 0  # while the app runs, what it imported is frozen
 
 
 def test_unsubscribe_preferences_and_replays(

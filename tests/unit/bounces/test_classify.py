@@ -1,11 +1,13 @@
 """classify_smtp and is_rate_limited on synchronous SMTP replies, as the delivery engine
-sees them (the text may start with the refused command)."""
+sees them (the text may start with the refused command); classify_failure on the failure
+texts bounce reports quote."""
 
 from __future__ import annotations
 
 import pytest
 
 from mailer.bounces import Classification, classify_smtp, is_rate_limited
+from mailer.bounces.classify import classify_failure, find_command
 
 
 @pytest.mark.parametrize(
@@ -135,3 +137,72 @@ def test_rate_limited(code: int, text: str) -> None:
 )
 def test_not_rate_limited(code: int, text: str) -> None:
     assert not is_rate_limited(code, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "status", "command", "reason"),
+    [
+        # A quoted reply that names no command: sisimai reads "unknown user" as a filter...
+        ("550 : User unknown", "", "", "filtered"),
+        ("The email account that you tried to reach does not exist.", "5.0.0", "", "filtered"),
+        # ...unless the status code says the address is unknown,
+        ("550 5.1.1 <x@y.example>... User Unknown", "", "", "userunknown"),
+        # or the form of the reply shows it answered RCPT (sendmail, Postfix),
+        ("550 x@y.example... No such user", "5.0.0", "", "userunknown"),
+        ("550 <x@y.example>: Recipient address rejected: User unknown", "", "", "userunknown"),
+        # or the provider says in so many words that it has no such account,
+        (
+            "554 delivery error: dd This user doesn't have a yahoo.com account (x@yahoo.com)",
+            "5.0.0",
+            "DATA",
+            "userunknown",
+        ),
+        ("550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found", "", "", "userunknown"),
+        # or there is no SMTP reply at all: the reporting MTA's own directory lookup.
+        ("The recipient name is not recognized", "", "", "userunknown"),
+        ("550 User unknown", "", "RCPT", "userunknown"),
+        ("550 User unknown", "", "DATA", "filtered"),
+    ],
+)
+def test_unknown_user_in_a_report(text: str, status: str, command: str, reason: str) -> None:
+    result = classify_failure(text, status=status, command=command, report=True)
+    assert result.reason == reason
+    assert result.hard is (reason == "userunknown")
+
+
+def test_a_live_reply_without_a_command_is_taken_at_its_word() -> None:
+    assert classify_smtp(550, "User unknown").reason == "userunknown"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("550 5.2.0 Mail rejete. Mail rejected. ofr_506 [506]", "spamdetected"),
+        ("421 mwinf5c77 ME Service refuse. Veuillez essayer plus tard. OFR_999 [999]", "blocked"),
+        ("550 5.5.0 Le compte du destinataire est bloque. LPN007_426", "suspend"),
+        ("552 5.1.1 Boite du destinataire pleine. Recipient overquota. OFR_417", "mailboxfull"),
+    ],
+)
+def test_orange_and_la_poste_codes(text: str, reason: str) -> None:
+    assert classify_failure(text, report=True).reason == reason
+
+
+@pytest.mark.parametrize(
+    ("text", "command"),
+    [
+        ("550 550 5.1.1 <x@y.example>... User Unknown (state 14).", "RCPT"),
+        ("550 550 Unknown user x@y.example (state 18).", "DATA"),
+        ("550 550 5.7.1 <x@y.example>... Access denied (state 13).", "HELO"),
+    ],
+)
+def test_gmail_states_name_the_command(text: str, command: str) -> None:
+    assert find_command(text) == command
+
+
+def test_cpanel_account_or_domain_may_not_exist_is_an_unknown_host() -> None:
+    text = (
+        "The mail server could not deliver mail to x@y.example.  The account or domain may not"
+        " exist, they may be blacklisted, or missing the proper dns entries."
+    )
+    result = classify_failure(text, report=True)
+    assert (result.reason, result.hard) == ("hostunknown", True)

@@ -1,12 +1,23 @@
 """Agreement with the labelled bounce corpus (tests/fixtures/bounces, a sample of sisimai's
 set-of-emails, BSD-2-Clause): recipient, hard/soft, reason and complaint type, overall and per
-reporting MTA.  Run with ``pytest -s`` to see the table.
+reporting MTA.  The table is printed with ``pytest -s`` and is part of the failure message.
 
-The labels are what sisimai reports, not absolute truth.  The floors sit just below what the
-parser achieves today, so any regression fails; raise them when the parser improves.  Known
-disagreements left alone on purpose: sisimai reads a few "user unknown" replies without an
-SMTP command as ``filtered``, and one sample (rfc3464-28) is two DSNs concatenated in one file,
-of which we read the first; arf-12 names its ``Removal-Recipient``, which we report.
+The labels are what sisimai reports, not absolute truth.  The floors are what the parser
+reaches today rounded down to 0.1, so any regression fails; raise them when the parser
+improves.  Known disagreements left alone on purpose, because only a rule for one file would
+settle them:
+
+* rfc3464-28 is two DSNs concatenated in one file, of which we read the first;
+* arf-12 names its ``Removal-Recipient``, which we report (sisimai reports none);
+* rfc3464-01's Diagnostic-Code says "5.1.1 User Unknown" while its text part says "Not
+  enough disk space"; sisimai believes the text (mailboxfull), we believe the DSN field;
+* lhost-exchange2003-04 ("Recipient Not Found" without any code) is ``filtered`` for sisimai
+  while the other Exchange 2003 "recipient not recognized" reports are ``userunknown``;
+* lhost-gmail-03 ("554 5.7.0 Header error" after DATA) is ``filtered`` while lhost-exim-03,
+  the same reply at the same stage, is ``policyviolation``;
+* rhost-aol-06 (Postfix's "Name service error ... type=MX: Malformed or unexpected name
+  server reply") is ``notaccept`` by sisimai's AOL-only table, ``networkerror`` by its general
+  rule, which we follow.
 """
 
 from __future__ import annotations
@@ -28,29 +39,34 @@ UNDISCLOSED = "undisclosed-recipient-in-headers@libsisimai.org.invalid"
 
 FIELDS = ("recipient", "hard_or_soft", "reason", "feedback_type")
 # Overall floors, in percent.
-OVERALL_FLOORS = {"recipient": 98.0, "hard_or_soft": 93.5, "reason": 91.0, "feedback_type": 94.0}
+OVERALL_FLOORS = {
+    "recipient": 98.8,
+    "hard_or_soft": 97.0,
+    "reason": 96.5,
+    "feedback_type": 100.0,
+}
 # Per-MTA floors (recipient, hard/soft, reason) for the MTAs with at least three labelled rows;
 # set at what is achieved today: with so few rows, any lost row is a regression.
 MTA_FLOORS: dict[str, tuple[float, float, float]] = {
-    "postfix": (99.9, 99.9, 99.9),
-    "arf": (94.6, 94.6, 94.6),
-    "exim": (99.9, 99.9, 91.6),
-    "sendmail": (99.9, 99.9, 99.9),
-    "outlook": (99.9, 99.9, 99.9),
-    "rfc3464": (87.4, 62.4, 62.4),
-    "qmail": (99.9, 99.9, 99.9),
-    "amazonses": (99.9, 83.2, 83.2),
-    "gmail": (99.9, 99.9, 79.9),
-    "google": (99.9, 99.9, 99.9),
-    "aol": (99.9, 74.9, 74.9),
-    "exchange2003": (99.9, 74.9, 74.9),
-    "exchange2007": (99.9, 99.9, 99.9),
-    "gsuite": (99.9, 74.9, 74.9),
-    "opensmtpd": (99.9, 99.9, 99.9),
-    "yahoo": (99.9, 74.9, 74.9),
-    "dragonfly": (99.9, 99.9, 99.9),
-    "messagingserver": (99.9, 99.9, 99.9),
-    "microsoft": (99.9, 99.9, 99.9),
+    "postfix": (100.0, 100.0, 100.0),
+    "arf": (94.7, 94.7, 94.7),
+    "exim": (100.0, 100.0, 100.0),
+    "sendmail": (100.0, 100.0, 100.0),
+    "outlook": (100.0, 100.0, 100.0),
+    "rfc3464": (87.5, 75.0, 75.0),
+    "qmail": (100.0, 100.0, 100.0),
+    "amazonses": (100.0, 100.0, 100.0),
+    "gmail": (100.0, 100.0, 80.0),
+    "google": (100.0, 100.0, 100.0),
+    "aol": (100.0, 75.0, 75.0),
+    "exchange2003": (100.0, 75.0, 75.0),
+    "exchange2007": (100.0, 100.0, 100.0),
+    "gsuite": (100.0, 100.0, 100.0),
+    "opensmtpd": (100.0, 100.0, 100.0),
+    "yahoo": (100.0, 100.0, 100.0),
+    "dragonfly": (100.0, 100.0, 100.0),
+    "messagingserver": (100.0, 100.0, 100.0),
+    "microsoft": (100.0, 100.0, 100.0),
 }
 
 
@@ -137,26 +153,41 @@ def show(figure: float | None) -> str:
     return "   -  " if figure is None else f"{figure:5.1f}%"
 
 
-def test_corpus_agreement(results: tuple[list[tuple[Row, dict[str, bool | None]]], float]) -> None:
-    judged, per_message_ms = results
-    overall, per_mta, counts = agreement(judged)
-
-    print(f"\nbounce corpus: {len(judged)} labelled rows, {per_message_ms:.2f} ms per message")
-    print(f"{'mta':<16}{'rows':>5}  recipient  hard/soft  reason  complaint")
+def table(
+    judged: list[tuple[Row, dict[str, bool | None]]],
+    overall: dict[str, float | None],
+    per_mta: dict[str, dict[str, float | None]],
+    counts: dict[str, int],
+) -> str:
+    """Agreement per MTA (most rows first), overall, then every disagreeing row."""
+    lines = [f"{'mta':<16}{'rows':>5}  recipient  hard/soft  reason  complaint"]
     for mta in sorted(per_mta, key=lambda m: (-counts[m], m)):
         figures = per_mta[mta]
-        print(f"{mta:<16}{counts[mta]:>5}  " + "  ".join(show(figures[f]) for f in FIELDS))
-    print(f"{'overall':<16}{len(judged):>5}  " + "  ".join(show(overall[f]) for f in FIELDS))
+        lines.append(f"{mta:<16}{counts[mta]:>5}  " + "  ".join(show(figures[f]) for f in FIELDS))
+    lines.append(f"{'overall':<16}{len(judged):>5}  " + "  ".join(show(overall[f]) for f in FIELDS))
     for row, verdict in judged:
         if not all(v is not False for v in verdict.values()):
             wrong = ", ".join(name for name, v in verdict.items() if v is False)
-            print(f"  disagrees on {wrong}: {row.file} {row.recipient} ({row.reason})")
+            lines.append(f"  disagrees on {wrong}: {row.file} {row.recipient} ({row.reason})")
+    return "\n".join(lines)
 
+
+def test_corpus_agreement(results: tuple[list[tuple[Row, dict[str, bool | None]]], float]) -> None:
+    judged, per_message_ms = results
+    overall, per_mta, counts = agreement(judged)
+    report = table(judged, overall, per_mta, counts)
+    print(f"\nbounce corpus: {len(judged)} labelled rows, {per_message_ms:.2f} ms per message")
+    print(report)
+
+    below = []
     for name, floor in OVERALL_FLOORS.items():
         figure = overall[name]
-        assert figure is not None and figure >= floor, f"{name}: {figure} < {floor}"
+        if figure is None or figure < floor:
+            below.append(f"overall {name}: {figure} < {floor}")
     for mta, floors in MTA_FLOORS.items():
         figures = per_mta[mta]
         for name, floor in zip(FIELDS[:3], floors, strict=True):
             figure = figures[name]
-            assert figure is not None and figure >= floor, f"{mta} {name}: {figure} < {floor}"
+            if figure is None or figure < floor:
+                below.append(f"{mta} {name}: {figure} < {floor}")
+    assert not below, "below the floor: " + "; ".join(below) + "\n" + report

@@ -202,3 +202,50 @@ def test_report_json_shape() -> None:
     ]
     assert payload["verp_token"] == "l7Qx2-9f"
     assert payload["feedback_type"] == ""
+
+
+POWERMTA_DSN = b"""\
+Return-Path: <>
+From: postmaster@mta.sender.example
+To: bounces@sender.example
+Subject: Delivery report
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="P1"
+
+--P1
+Content-Type: text/plain
+
+Hello, this is the mail server on mta.sender.example.
+
+<ana@peru.example> delivery failed; will not continue trying
+
+--P1
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns;mta.sender.example
+X-PowerMTA-VirtualMTA: mta.sender.example
+
+Final-Recipient: rfc822;ana@peru.example
+Action: failed
+Status: 5.0.0 (undefined status)
+Remote-MTA: dns;mx.peru.example (192.0.2.7)
+Diagnostic-Code: smtp;550 Requested action not taken
+X-PowerMTA-BounceCategory: %s
+
+--P1--
+"""
+
+
+@pytest.mark.parametrize(
+    ("category", "reason", "hard"),
+    [
+        (b"bad-mailbox", "userunknown", True),
+        (b"quota-issues", "mailboxfull", False),
+        (b"spam-related", "spamdetected", False),
+        (b"other", "undefined", False),
+    ],
+)
+def test_powermta_category_names_the_reason(category: bytes, reason: str, hard: bool) -> None:
+    [recipient] = parse_message(POWERMTA_DSN % category).recipients
+    assert recipient.address == "ana@peru.example"
+    assert (recipient.reason, recipient.hard) == (reason, hard)
