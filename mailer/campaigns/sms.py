@@ -23,15 +23,18 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import random
 import re
 import threading
+import time
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Integer, String, and_, func, insert, literal, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
 
 from mailer.accounts.credits import reserve, settle
@@ -65,7 +68,14 @@ from mailer.messages.service import claim_batch, record_results, withdraw_claime
 from mailer.sms.capture import CAPTURE_NAME, CaptureGateway
 from mailer.sms.encoding import analyse
 from mailer.sms.runner import GatewayLoop, gateways_from_settings
-from mailer.sms.types import FINAL_STATES, Inbound, Receipt, SmsOutbound, SubmitResult
+from mailer.sms.types import (
+    FINAL_STATES,
+    Inbound,
+    Receipt,
+    SmsOutbound,
+    SubmitResult,
+    hex_id_to_decimal,
+)
 from mailer.storage.db import session_scope
 from mailer.storage.types import UtcDateTime
 from mailer.tracking.urls import sms_link_url
@@ -521,7 +531,6 @@ def send_sms_batch(
     message_ids: Sequence[int], *, settings: Settings | None = None
 ) -> SmsBatchOutcome:
     """Send the still-unsent SMS rows among *message_ids*.  Idempotent: safe to run twice."""
-    from mailer.campaigns.service import complete_if_done
 
     settings = settings or get_settings()
     with session_scope(settings) as session:
@@ -580,15 +589,48 @@ def send_sms_batch(
             submitted = [
                 SubmitResult(m.ref, "deferred", text=str(exc), retry_after=60.0) for m in outbound
             ]
-    with session_scope(settings) as session:
-        by_state = _record_submits(session, settings, gateway, claim, submitted, failures)
-        for campaign_id in campaigns:
-            complete_if_done(session, campaign_id)
-    if by_state.get(MessageState.SENT):
+    # What the gateway took must be recorded: a transaction that loses a deadlock or a
+    # serialisation conflict to the receipts of another process is run again, never
+    # given up (the rows would wait for their lease and be submitted twice).
+    by_state = _retrying(
+        settings,
+        lambda session: _record_submits(session, settings, gateway, claim, submitted, failures),
+    )
+    recorded = [i for r in submitted if r.status == "submitted" for i in r.provider_ids]
+    if recorded:
         # Receipts stored as pending while this batch's parts were not committed yet.
-        with session_scope(settings) as session:
-            match_pending_receipts(session, settings)
+        _retrying(
+            settings,
+            lambda session: match_pending_receipts(session, settings, provider_ids=recorded),
+        )
+    for campaign_id in campaigns:
+        _retrying(settings, functools.partial(_complete_if_done, campaign_id))
     return SmsBatchOutcome(len(claim.rows), by_state)
+
+
+def _complete_if_done(campaign_id: int, session: Session) -> bool:
+    from mailer.campaigns.service import complete_if_done
+
+    return complete_if_done(session, campaign_id)
+
+
+_T = TypeVar("_T")
+RETRIES = 8
+
+
+def _retrying(settings: Settings, work: Callable[[Session], _T]) -> _T:
+    """Run *work* in a transaction, again (with a short random pause) when the database
+    refuses it for a transient reason: a deadlock, a serialisation failure, a busy SQLite."""
+    for attempt in range(RETRIES):
+        try:
+            with session_scope(settings) as session:
+                return work(session)
+        except OperationalError as exc:
+            if attempt == RETRIES - 1:
+                raise
+            log.warning("SMS ledger write retried (%s): %s", attempt + 1, exc.orig)
+            time.sleep(random.uniform(0.01, 0.05) * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _withheld(session: Session, rows: Sequence[Message]) -> list[int]:
@@ -718,7 +760,6 @@ def _record_submits(
             select(Message).where(col(Message.id).in_(sent + failed))
         ).scalars()
     }
-    _release_rows(session, [rows[i] for i in failed if i in rows], "failed")
     details = {r.ref: {"gateway": gateway, "parts": len(r.provider_ids)} for r in submitted}
     errors = {r.message_id: {"code": r.code, "text": r.text} for r in results}
     for kind, ids in ((EventKind.SMS_SUBMITTED, sent), (EventKind.FAILED, failed)):
@@ -737,7 +778,10 @@ def _record_submits(
             )
     session.flush()
     if provider_ids:
-        match_pending_receipts(session, settings)
+        match_pending_receipts(session, settings, provider_ids=provider_ids)
+    # The allowance last: its row is every process's, so it is locked for the least time
+    # (and always after the messages' rows: one order of locks, no deadlock).
+    _release_rows(session, [rows[i] for i in failed if i in rows], "failed")
     return by_state
 
 
@@ -763,11 +807,20 @@ def apply_receipts(
     A receipt whose part is not known yet (it came before the submit was recorded) is
     kept in ``sms_pending_receipts`` and applied when the part appears.  A repeated
     receipt changes nothing.  Returns counts: matched, pending, delivered, undelivered.
+    The parts of the whole batch are read in one locked query.
     """
     counts = {"matched": 0, "pending": 0, "delivered": 0, "undelivered": 0, "late": 0}
+    parts = _parts_for(session, receipts)
     touched: set[int] = set()
     for receipt in receipts:
-        part = _find_part(session, receipt)
+        part = next(
+            (
+                parts[(receipt.gateway, i)]
+                for i in (receipt.provider_id, *receipt.alt_ids)
+                if (receipt.gateway, i) in parts
+            ),
+            None,
+        )
         if part is None:
             session.add(
                 PendingReceipt(
@@ -798,19 +851,26 @@ def apply_receipts(
     return counts
 
 
-def _find_part(session: Session, receipt: Receipt) -> SmsPart | None:
-    for provider_id in (receipt.provider_id, *receipt.alt_ids):
-        query = select(SmsPart).where(col(SmsPart.provider_id) == provider_id)
-        if receipt.gateway:
-            query = query.where(col(SmsPart.gateway) == receipt.gateway)
-        # Locked: a receipt applied twice at once (a redelivery, a pending one matched from
-        # two sides) waits here and then sees the part already final.
-        part: SmsPart | None = session.execute(
-            query.order_by(col(SmsPart.id).desc()).limit(1).with_for_update()
-        ).scalar_one_or_none()
-        if part is not None:
-            return part
-    return None
+def _parts_for(session: Session, receipts: Sequence[Receipt]) -> dict[tuple[str, str], SmsPart]:
+    """The parts the receipts name (by id or an alternative writing of it), by (gateway,
+    id), the latest part of an id winning.  Locked: a receipt applied twice at once (a
+    redelivery, a pending one matched from both sides) waits and then sees it final."""
+    ids = {i for r in receipts for i in (r.provider_id, *r.alt_ids) if i}
+    found: dict[tuple[str, str], SmsPart] = {}
+    if not ids:
+        return found
+    rows = session.execute(
+        select(SmsPart)
+        .where(col(SmsPart.provider_id).in_(sorted(ids)))
+        .order_by(col(SmsPart.id))
+        .with_for_update()
+    ).scalars()
+    gateways = {r.gateway for r in receipts}
+    for part in rows:
+        found[(part.gateway, part.provider_id)] = part
+        if "" in gateways:  # a receipt that does not say its gateway
+            found[("", part.provider_id)] = part
+    return found
 
 
 def _settle_messages(session: Session, message_ids: Sequence[int]) -> dict[str, int]:
@@ -889,18 +949,30 @@ def _settle_messages(session: Session, message_ids: Sequence[int]) -> dict[str, 
     return counts
 
 
-def match_pending_receipts(session: Session, settings: Settings, *, limit: int = 2000) -> int:
+def match_pending_receipts(
+    session: Session,
+    settings: Settings,
+    *,
+    provider_ids: Sequence[str] | None = None,
+    limit: int = 5000,
+) -> int:
     """Apply the receipts that came before the parts they speak of were recorded (a
-    receipt and its submit can commit in either order); returns how many were applied.
-    Run after every batch of submits and of receipts, and periodically."""
-    pending = list(
-        session.execute(
-            select(PendingReceipt).order_by(col(PendingReceipt.id)).limit(limit)
-        ).scalars()
-    )
-    ready: list[Receipt] = []
-    for item in pending:
-        receipt = Receipt(
+    receipt and its submit can commit in either order; a fast SMSC answers before a batch
+    of submits is recorded); returns how many were applied.  After a batch of submits,
+    *provider_ids* are its parts' ids (one indexed lookup, their decimal writings
+    included); the periodic job passes none and goes through the oldest pending ones."""
+    query = select(PendingReceipt)
+    if provider_ids is not None:
+        if not provider_ids:
+            return 0
+        writings = set(provider_ids)
+        writings.update(d for d in map(hex_id_to_decimal, provider_ids) if d)
+        query = query.where(col(PendingReceipt.provider_id).in_(sorted(writings)))
+    pending = list(session.execute(query.order_by(col(PendingReceipt.id)).limit(limit)).scalars())
+    if not pending:
+        return 0
+    receipts = {
+        item.id: Receipt(
             provider_id=item.provider_id,
             state=item.state,  # type: ignore[arg-type]
             final=item.final,
@@ -909,13 +981,33 @@ def match_pending_receipts(session: Session, settings: Settings, *, limit: int =
             gateway=item.gateway,
             alt_ids=tuple(i for i in item.alt_ids.split(",") if i),
         )
-        if _find_part(session, receipt) is not None:
+        for item in pending
+    }
+    parts = _parts_for(session, list(receipts.values()))
+    ready: list[Receipt] = []
+    for item in pending:
+        receipt = receipts[item.id]
+        if any((receipt.gateway, i) in parts for i in (receipt.provider_id, *receipt.alt_ids)):
             session.delete(item)
             ready.append(receipt)
     if ready:
         session.flush()
         apply_receipts(session, settings, ready)
     return len(ready)
+
+
+def _match_by_receipt_ids(session: Session, settings: Settings, ids: Sequence[str]) -> int:
+    """After receipts were stored as pending: the ones whose parts exist by now."""
+    if not ids:
+        return 0
+    pending = list(
+        session.execute(
+            select(PendingReceipt).where(col(PendingReceipt.provider_id).in_(sorted(set(ids))))
+        ).scalars()
+    )
+    if not pending:
+        return 0
+    return match_pending_receipts(session, settings, provider_ids=[p.provider_id for p in pending])
 
 
 def expire_sms(session: Session, settings: Settings, *, now: datetime | None = None) -> int:
@@ -1184,11 +1276,10 @@ atexit.register(close_gateway_loop)
 
 
 def _store_receipts(settings: Settings, receipts: Sequence[Receipt]) -> None:
-    with session_scope(settings) as session:
-        counts = apply_receipts(session, settings, list(receipts))
+    counts = _retrying(settings, lambda session: apply_receipts(session, settings, receipts))
     if counts["pending"]:  # their submits may have committed meanwhile
-        with session_scope(settings) as session:
-            match_pending_receipts(session, settings)
+        ids = [i for r in receipts for i in (r.provider_id, *r.alt_ids)]
+        _retrying(settings, lambda session: _match_by_receipt_ids(session, settings, ids))
 
 
 def _store_inbound(settings: Settings, replies: Sequence[Inbound]) -> None:
