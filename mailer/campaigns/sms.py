@@ -144,6 +144,12 @@ def sender_of(account: Account, settings: Settings, given: str | None = None) ->
 def check_text(text: str) -> CompiledText:
     if not text or not text.strip():
         raise ValidationFailed("the SMS has no text", field="text")
+    return _compiled_text(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_text(text: str) -> CompiledText:
+    """An application sends the same text many times: compiled once per process."""
     return compile_text(text)
 
 

@@ -245,7 +245,7 @@ def main() -> None:
                 result = asyncio.run(run_load(port, keys, args.rate, args.seconds))
                 if args.search:
                     best = 0.0
-                    for rate in (250, 500, 1000, 1500, 2000, 3000, 4000, 6000):
+                    for rate in (50, 100, 200, 300, 500, 1000, 1500, 2000, 3000, 4000):
                         step = asyncio.run(run_load(port, keys, rate, 10))
                         print(json.dumps({"search": step}), file=sys.stderr)
                         if step["p99_ms"] > 200 or step["errors"]:
