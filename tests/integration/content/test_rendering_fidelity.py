@@ -302,10 +302,16 @@ def test_compiled_template_looks_like_the_original(
     rendered = render_both(case)
     width, height = size
 
-    before = render_png(rendered.reference, width=width, height=height, chromium=chromium)
-    after = render_png(rendered.compiled, width=width, height=height, chromium=chromium)
+    def shoot() -> Difference:
+        before = render_png(rendered.reference, width=width, height=height, chromium=chromium)
+        after = render_png(rendered.compiled, width=width, height=height, chromium=chromium)
+        return compare(before, after)
 
-    difference = compare(before, after)
+    difference = shoot()
+    if difference.changed_fraction > MAX_CHANGED_FRACTION or difference.mean > MAX_MEAN_DIFFERENCE:
+        # Headless Chromium on a loaded machine can take a screenshot before the page has
+        # settled (seen once in CI: 1.6 % of one band); a real difference shows again.
+        difference = shoot()
     detail = (
         f"{difference.changed_fraction:.2%} of the pixels changed, mean difference"
         f" {difference.mean:.2f}, in the box {difference.box}"
