@@ -599,3 +599,16 @@ def release_failed(session: Session, message_ids: Sequence[int]) -> None:
         held[key] = held.get(key, 0) + (int(parts) if channel == "sms" else 1)
     for (account_id, channel), units in held.items():
         settle(session, account_id, channel, released=units, ref="failed:worker stopped")
+
+
+def change_state(session: Session, account_id: int, campaign_id: int, action: str) -> None:
+    """A person's state change of a campaign, e-mail or SMS: resume, unschedule, pause or
+    cancel (anything else: cancel, as the portal's last button)."""
+    if action == "resume":
+        resume_campaign(account_id, campaign_id)
+    elif action == "unschedule":
+        unschedule_campaign(session, account_id, campaign_id)
+    elif action == "pause":
+        pause_campaign(session, account_id, campaign_id)
+    else:
+        cancel_campaign(session, account_id, campaign_id)

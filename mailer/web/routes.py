@@ -418,14 +418,8 @@ def campaign_action(
     try:
         if action == "send":
             campaigns.send_now(principal.account_id, campaign_id, actor=principal.actor)
-        elif action == "resume":
-            campaigns.resume_campaign(principal.account_id, campaign_id)
-        elif action == "unschedule":
-            campaigns.unschedule_campaign(session, principal.account_id, campaign_id)
-        elif action == "pause":
-            campaigns.pause_campaign(session, principal.account_id, campaign_id)
         else:
-            campaigns.cancel_campaign(session, principal.account_id, campaign_id)
+            campaigns.change_state(session, principal.account_id, campaign_id, action)
     except MailerError as exc:
         session.rollback()
         flash(request, tr(exc), "error")

@@ -694,14 +694,7 @@ def campaign_action(
     if action == "send":
         return _start(request, session, principal, campaign_id)
     try:
-        if action == "resume":
-            campaigns.resume_campaign(principal.account_id, campaign_id)
-        elif action == "unschedule":
-            campaigns.unschedule_campaign(session, principal.account_id, campaign_id)
-        elif action == "pause":
-            campaigns.pause_campaign(session, principal.account_id, campaign_id)
-        else:
-            campaigns.cancel_campaign(session, principal.account_id, campaign_id)
+        campaigns.change_state(session, principal.account_id, campaign_id, action)
     except MailerError as exc:
         session.rollback()
         flash(request, error_es(exc), "error")
