@@ -5,9 +5,10 @@ Stateless: run as many as needed behind a load balancer (``mailer serve`` runs o
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
@@ -19,10 +20,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailer import __version__
 from mailer.analytics.service import ledger_totals
 from mailer.api import errors as api_errors
+from mailer.api.account import router as account_api_router
 from mailer.api.audience import router as audience_api_router
 from mailer.api.formats import install_formats
 from mailer.api.idempotency import install as install_idempotency
@@ -51,6 +54,69 @@ from mailer.workers import broker_reachable, configure_broker, queue_depth
 
 STATIC_DIR = Path(__file__).parent / "web" / "static"
 LOOPBACK = {"127.0.0.1", "::1", "testclient"}  # the last one is FastAPI's test client
+
+
+_SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin")]
+_WEB_HEADERS = [*_SECURITY_HEADERS, (b"x-frame-options", b"SAMEORIGIN")]
+
+
+class Measure:
+    """Requests counted and timed per surface (API or portal), and the security headers
+    added where a response lacks them: a plain ASGI middleware, as it wraps every request
+    (``@app.middleware("http")`` would cost each API call a task and a streamed body)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        surface = "api" if scope["path"].startswith("/api/") else "web"
+        extra = _SECURITY_HEADERS if surface == "api" else _WEB_HEADERS
+        started = time.perf_counter()
+        status = 0
+
+        async def send_measured(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(pair for pair in extra if pair[0] not in present)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_measured)
+        except Exception:
+            ERRORS.labels(surface).inc()
+            HTTP_REQUESTS.labels(surface, "5xx").inc()
+            raise
+        HTTP_LATENCY.labels(surface).observe(time.perf_counter() - started)
+        HTTP_REQUESTS.labels(surface, f"{status // 100}xx").inc()
+
+
+class Admission:
+    """At most *limit* requests of this process past this point at once; the others wait
+    here, holding nothing.  Without it an overload starves itself: a request keeps its
+    database connection between its trips through the thread pool, so with more requests
+    in flight than connections, threads wait for connections that requests waiting for
+    threads hold, until the pool times out (answers 500) and the rate collapses."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self._slots: asyncio.Semaphore | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._slots is None:  # made in the server's event loop, on first use
+            self._slots = asyncio.Semaphore(self.limit)
+        async with self._slots:
+            await self.app(scope, receive, send)
 
 
 class LedgerCollector(Collector):
@@ -121,25 +187,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return api_errors.json_error(exc, negotiate(request.headers.get("accept-language")))
         return error_page(request, exc)
 
-    @app.middleware("http")
-    async def measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        surface = "api" if request.url.path.startswith("/api/") else "web"
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:
-            ERRORS.labels(surface).inc()
-            HTTP_REQUESTS.labels(surface, "5xx").inc()
-            raise
-        HTTP_LATENCY.labels(surface).observe(time.perf_counter() - started)
-        HTTP_REQUESTS.labels(surface, f"{response.status_code // 100}xx").inc()
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        if surface == "web":
-            response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
-        return response
+    # Admission bounds the requests at work (tracking hits, answered before any middleware,
+    # do not count); Measure, outermost, counts and times every request (waiting included)
+    # and adds the security headers.
+    app.add_middleware(Admission, limit=settings.http_concurrency)
+    app.add_middleware(Measure)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -181,12 +233,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return PlainTextResponse("forbidden\n", status_code=403)
         return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    # The two sending routes are the API's busiest: their routers come first, as a request
+    # is matched against the routes in order.
+    app.include_router(sms_api_router)
+    app.include_router(messages_api_router)
     app.include_router(api_router)
     app.include_router(oauth_api_router)
     app.include_router(audience_api_router)
     app.include_router(webhooks_api_router)
-    app.include_router(sms_api_router)
-    app.include_router(messages_api_router)
+    app.include_router(account_api_router)
     app.include_router(studio_router)
     app.include_router(audience_web_router)
     app.include_router(webhooks_web_router)

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Executable, bindparam, func, insert, or_, select, update
 from sqlmodel import Session, col
 
 from mailer.accounts.models import Account, CreditBalance, CreditEntry, CreditKind
@@ -220,6 +220,9 @@ def reserve(
     channel = _channel(channel)
     if quantity <= 0:
         return balance(session, account_id, channel) is not None
+    if _reserve_at_once(session, account_id, channel, quantity, ref=ref, actor=actor):
+        return True
+    # Not metered, expired, or short: find out which (a few more reads, off the hot path).
     current = balance(session, account_id, channel)
     if current is None:
         return False
@@ -243,6 +246,85 @@ def reserve(
         needed=quantity,
         available=left.available if left else 0,
     )
+
+
+_BALANCES = CreditBalance.__table__  # type: ignore[attr-defined]
+_ENTRIES = CreditEntry.__table__  # type: ignore[attr-defined]
+
+
+# Parameter names (a bind may not be named after a column of the INSERT or UPDATE).
+_PARAM = {
+    "account_id": "p_account_id",
+    "channel": "p_channel",
+    "kind": "p_kind",
+    "quantity": "p_quantity",
+    "ref": "p_ref",
+    "actor": "p_actor",
+    "note": "p_note",
+    "created_at": "p_now",
+}
+
+
+def _reserve_statements() -> tuple[Executable, Executable, Executable]:
+    """The statements of :func:`_reserve_at_once`, built once (building and hashing a
+    statement costs more than running it): the guarded UPDATE ... RETURNING, the entry
+    INSERT, and both in one CTE for PostgreSQL."""
+    moved = (
+        update(_BALANCES)
+        .where(
+            _BALANCES.c.account_id == bindparam("p_account_id"),
+            _BALANCES.c.channel == bindparam("p_channel"),
+            _BALANCES.c.available >= bindparam("p_quantity"),
+            or_(_BALANCES.c.valid_until.is_(None), _BALANCES.c.valid_until > bindparam("p_now")),
+        )
+        .values(
+            available=_BALANCES.c.available - bindparam("p_quantity"),
+            held=_BALANCES.c.held + bindparam("p_quantity"),
+            updated_at=bindparam("p_now"),
+        )
+        .returning(_BALANCES.c.available, _BALANCES.c.held)
+    )
+    # Typed binds: PostgreSQL cannot infer the type of a bare parameter in a SELECT list.
+    names = ("account_id", "channel", "kind", "quantity", "ref", "actor", "note", "created_at")
+    typed = {name: bindparam(_PARAM[name], type_=_ENTRIES.c[name].type) for name in names}
+    after = moved.cte("moved")
+    both = insert(_ENTRIES).from_select(
+        [*names, "available_after", "held_after"],
+        select(*typed.values(), after.c.available, after.c.held),
+    )
+    entry = insert(_ENTRIES).values(
+        {name: bindparam(_PARAM[name]) for name in names}
+        | {"available_after": bindparam("p_available"), "held_after": bindparam("p_held")}
+    )
+    return moved, entry, both.returning(_ENTRIES.c.id)
+
+
+_MOVED, _ENTRY, _MOVED_AND_ENTRY = _reserve_statements()
+
+
+def _reserve_at_once(
+    session: Session, account_id: int, channel: str, quantity: int, *, ref: str, actor: str
+) -> bool:
+    """The common case of :func:`reserve` (a metered, valid balance that covers it) in one
+    statement on PostgreSQL (the guarded UPDATE and the entry INSERT in one CTE) and two on
+    SQLite; False when the balance did not move, for the caller to say why."""
+    params = {
+        "p_account_id": account_id,
+        "p_channel": channel,
+        "p_kind": CreditKind.RESERVE.value,
+        "p_quantity": quantity,
+        "p_ref": ref[:200],
+        "p_actor": actor[:200],
+        "p_note": "",
+        "p_now": utcnow(),
+    }
+    if session.get_bind().dialect.name == "postgresql":
+        return session.execute(_MOVED_AND_ENTRY, params).first() is not None
+    row = session.execute(_MOVED, params).first()
+    if row is None:
+        return False
+    session.execute(_ENTRY, params | {"p_available": int(row[0]), "p_held": int(row[1])})
+    return True
 
 
 def settle(

@@ -34,6 +34,7 @@ from mailer.accounts.models import IdempotencyKey
 from mailer.core.clock import utcnow
 from mailer.core.config import Settings
 from mailer.core.errors import Conflict, ValidationFailed
+from mailer.core.sealing import Sealer
 from mailer.storage.db import session_scope
 
 MAX_KEY_LENGTH = 255
@@ -151,7 +152,7 @@ def _try_claim(
             return StoredResponse(
                 status=found.response_status or 200,
                 headers=dict(found.response_headers or {}),
-                body=found.response_body or b"",
+                body=_unsealed(settings, found.response_body or b""),
             )
         if found.claimed_at > now - lease:
             return None  # still running
@@ -220,7 +221,7 @@ def finish(
                     state=KeyState.COMPLETED,
                     response_status=status,
                     response_headers=headers,
-                    response_body=body,
+                    response_body=_sealed(settings, body),
                     completed_at=utcnow(),
                 )
             )
@@ -228,6 +229,22 @@ def finish(
         if not stored:
             _release(session, held)
     return bool(stored)
+
+
+# Stored answers are encrypted: some carry a secret shown once (a new OAuth client's, a
+# webhook's) or personal data, and a database dump must not give them away.
+_SEALED = b"sealed:"
+_PURPOSE = "idempotent response"
+
+
+def _sealed(settings: Settings, body: bytes) -> bytes:
+    return _SEALED + Sealer.from_settings(_PURPOSE, settings).seal_bytes(body)
+
+
+def _unsealed(settings: Settings, stored: bytes) -> bytes:
+    if not stored.startswith(_SEALED):
+        return stored  # stored in clear before answers were sealed
+    return Sealer.from_settings(_PURPOSE, settings).unseal_bytes(stored[len(_SEALED) :])
 
 
 def abandon(settings: Settings, held: Claim) -> None:

@@ -7,11 +7,12 @@ for a code after the password; a code is good once (the time step of the last ac
 code is kept) and within one step either side (clock drift).  Disabling asks for the
 password and a code.
 
-The secret must be read back to check codes, so it cannot be hashed: it is encrypted with
-Fernet under a key derived from the install's ``secret_key``.  A database dump alone does
-not give the codes away; changing ``secret_key`` (which already ends every session) makes
-every enrolment unreadable, and those users must enrol again (an administrator resets it
-on the users page).
+The secret must be read back to check codes, so it cannot be hashed: it is sealed
+(``mailer.core.sealing``: Fernet under a key derived from the install's ``secret_key``).
+A database dump alone does not give the codes away.  Changing ``secret_key`` (which already
+ends every session) keeps enrolments readable while the old key is listed in
+``previous_secret_keys``; without it those users must enrol again (an administrator resets
+it on the users page).
 
 Failed codes are counted from the audit log (``login.totp_failed``): after
 :data:`MAX_FAILURES` within :data:`LOCK_MINUTES`, codes are refused until the window passes.
@@ -19,8 +20,6 @@ Failed codes are counted from the audit log (``login.totp_failed``): after
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import secrets
 import time
@@ -30,13 +29,14 @@ from datetime import timedelta
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from mailer.accounts.models import AuditEntry, User
 from mailer.core.clock import utcnow
+from mailer.core.config import get_settings
 from mailer.core.errors import AuthenticationFailed, Conflict
+from mailer.core.sealing import Sealer, Unsealable
 from mailer.core.tokens import hash_secret
 
 ISSUER = "mailer"
@@ -48,6 +48,7 @@ MAX_FAILURES = 5
 LOCK_MINUTES = 15
 FAILED_ACTION = "login.totp_failed"
 _RECOVERY_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: read off paper
+SEALING_PURPOSE = "totp secret"
 
 _hasher = PasswordHasher()
 
@@ -64,15 +65,15 @@ class Enrolment:
     uri: str
 
 
-def _fernet(secret_key: str) -> Fernet:
-    key = hashlib.sha256(b"mailer totp secret\x00" + secret_key.encode()).digest()
-    return Fernet(base64.urlsafe_b64encode(key))
+def _sealer(secret_key: str) -> Sealer:
+    # The callers pass the current key; the earlier ones are the install's.
+    return Sealer.with_keys(SEALING_PURPOSE, secret_key, get_settings().previous_secret_keys)
 
 
 def _secret_of(user: User, secret_key: str) -> str:
     try:
-        return _fernet(secret_key).decrypt(user.totp_secret.encode()).decode()
-    except (InvalidToken, ValueError):
+        return _sealer(secret_key).unseal(user.totp_secret)
+    except Unsealable:
         raise AuthenticationFailed(
             "the two-factor secret of this user cannot be read (the install's secret key "
             "changed): an administrator must reset it"
@@ -95,7 +96,7 @@ def begin_enrolment(session: Session, user: User, secret_key: str) -> Enrolment:
     if is_enabled(user):
         raise Conflict("two-factor login is already enabled: disable it first")
     secret = pyotp.random_base32()
-    user.totp_secret = _fernet(secret_key).encrypt(secret.encode()).decode()
+    user.totp_secret = _sealer(secret_key).seal(secret)
     user.totp_enabled_at = None
     session.add(user)
     return Enrolment(secret, provisioning_uri(secret, user.email))

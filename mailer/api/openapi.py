@@ -5,8 +5,8 @@ common and no route should have to repeat: the XML alternative of each JSON body
 JSON example rendered by :mod:`mailer.api.formats`), the examples of the models lifted to the
 bodies that use them (a list answer gets a list of one), and the error answers with the
 API's error shape (``{"error": {"code", "message", "field"}}``) in place of FastAPI's default
-422 schema.  The examples themselves are written on the models and routes; nothing here
-invents one.
+422 schema, and the optional ``Idempotency-Key`` header on the POST operations that honour
+it.  The examples themselves are written on the models and routes; nothing here invents one.
 """
 
 from __future__ import annotations
@@ -21,6 +21,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from mailer.api.formats import API_PREFIX, XML_MEDIA_TYPES, render_xml
 
 REF = "#/components/schemas/"
+
+# A POST route's ``openapi_extra`` key for "does not honour Idempotency-Key" (removed from
+# the document); see IDEMPOTENCY_KEY.
+NO_IDEMPOTENCY_KEY = "x-mailer-no-idempotency-key"
+
+# Every authenticated POST claims the request's Idempotency-Key (``deps.allowed``, through
+# ``mailer.api.idempotency``); an operation is authenticated when it declares the
+# ``Authorization`` header of ``deps.api_principal``.
+IDEMPOTENCY_KEY: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "A unique key (1 to 255 printable ASCII characters, e.g. a UUID) to "
+    "retry this request safely: a retry with the same key by the same application, within "
+    "24 hours, gets the first answer again (with `Idempotent-Replayed: true`) and does "
+    "nothing twice.  The same key with another request: 422 `idempotency_key_reused`.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "example": "5d0b1c1e-tramite-T-2026-118",
+}
 
 
 class ErrorDetail(BaseModel):
@@ -125,7 +144,11 @@ with a stable `code`.
 """
 
 TAGS = [
-    ("account", "Who is calling, and the allowances per channel."),
+    (
+        "account",
+        "Who is calling, the allowances per channel and their movements; API keys, "
+        "sub-accounts and the audit log (admin role).",
+    ),
     ("messages", "Transactional e-mail: send one message and follow it."),
     ("sms", "Send SMS to numbers, a list or a segment; follow them; replies and figures."),
     ("lists", "Lists of contacts and imports into them."),
@@ -174,6 +197,7 @@ def document_api(openapi: dict[str, Any]) -> None:
 def _document_operation(
     method: str, operation: dict[str, Any], components: Mapping[str, Any]
 ) -> None:
+    _declare_idempotency_key(method, operation)
     content = operation.get("requestBody", {}).get("content", {})
     has_json_body = "application/json" in content
     requests = _Examples(components, answer=False)
@@ -207,6 +231,21 @@ def _document_operation(
         if status in HEADERS:
             response["headers"] = HEADERS[status]
         responses[str(status)] = response
+
+
+def _declare_idempotency_key(method: str, operation: dict[str, Any]) -> None:
+    """The optional ``Idempotency-Key`` header, on the POST operations that honour it."""
+    honoured = not operation.pop(NO_IDEMPOTENCY_KEY, False)
+    parameters = operation.get("parameters", [])
+    authenticated = any(
+        p.get("in") == "header" and p.get("name", "").lower() == "authorization" for p in parameters
+    )
+    declared = any(
+        p.get("in") == "header" and p.get("name", "").lower() == "idempotency-key"
+        for p in parameters
+    )
+    if method == "post" and honoured and authenticated and not declared:
+        operation.setdefault("parameters", []).append(dict(IDEMPOTENCY_KEY))
 
 
 def _with_xml(content: dict[str, Any], examples: _Examples, root: str) -> None:

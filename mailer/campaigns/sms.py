@@ -33,7 +33,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Integer, String, and_, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col
 
@@ -76,7 +87,7 @@ from mailer.sms.types import (
     SubmitResult,
     hex_id_to_decimal,
 )
-from mailer.storage.db import session_scope
+from mailer.storage.db import attach_inserted, next_ids, session_scope
 from mailer.storage.types import UtcDateTime
 from mailer.tracking.urls import sms_link_url
 
@@ -222,10 +233,7 @@ def queue_sms(
     contacts = {
         c.phone: c
         for c in session.execute(
-            select(Contact).where(
-                col(Contact.account_id) == account_id,
-                col(Contact.phone).in_([number for _, number in good]),
-            )
+            _CONTACTS_BY_PHONE, {"account": account_id, "phones": [n for _, n in good]}
         ).scalars()
     }
     if not ignore_status:
@@ -258,6 +266,7 @@ def queue_sms(
             channel=CHANNEL,
             to_address=number,
             state=MessageState.DEFERRED if due else MessageState.QUEUED,
+            attempts=0,
             next_attempt_at=due,
             origin=origin[:200],
             queued_at=now,
@@ -265,9 +274,8 @@ def queue_sms(
         )
         for _, number in good
     ]
-    session.add_all(rows)
-    session.flush()
-    for row in rows:
+
+    def render(row: Message) -> None:
         assert row.id is not None
         context = {
             **(variables or {}),
@@ -278,10 +286,62 @@ def queue_sms(
         )
         row.payload = {"text": body, "links": links, "sender": the_sender}
         row.parts = _parts_within(body, settings)
+
+    # Core statements, not the unit of work: the API sends one SMS per request, and the ORM
+    # flush (insert, then update the rendered text) cost more than the rest of the request.
+    ids = next_ids(session, _MESSAGES, len(rows))
+    if ids is not None:  # PostgreSQL: ids first, so each row is inserted once, complete
+        for row, message_id in zip(rows, ids, strict=True):
+            row.id = message_id
+            render(row)
+        session.execute(insert(_MESSAGES), [_values(row, with_id=True) for row in rows])
+    else:  # SQLite: the ids come with the insert; the rendered text (its links) follows
+        inserted = session.execute(
+            insert(_MESSAGES).returning(_MESSAGES.c.id, sort_by_parameter_order=True),
+            [_values(row, with_id=False) for row in rows],
+        ).scalars()
+        for row, message_id in zip(rows, inserted, strict=True):
+            row.id = message_id
+            render(row)
+        session.execute(
+            update(_MESSAGES)
+            .where(_MESSAGES.c.id == bindparam("row_id"))
+            .values(payload=bindparam("row_payload"), parts=bindparam("row_parts")),
+            [{"row_id": r.id, "row_payload": r.payload, "row_parts": r.parts} for r in rows],
+        )
+    attach_inserted(session, rows)
     total = sum(row.parts for row in rows)
     reserve(session, account_id, CHANNEL, total, ref=_ref_of(rows), actor=origin)
-    session.flush()
     return Queued(rows, sorted(rejected, key=lambda r: r.index))
+
+
+# Built once (building a statement costs more than running it on this path).
+_CONTACTS_BY_PHONE = select(Contact).where(
+    col(Contact.account_id) == bindparam("account"),
+    col(Contact.phone).in_(bindparam("phones", expanding=True)),
+)
+_MESSAGES = Message.__table__  # type: ignore[attr-defined]
+_INSERTED = (
+    "account_id",
+    "contact_id",
+    "channel",
+    "to_address",
+    "state",
+    "attempts",
+    "next_attempt_at",
+    "origin",
+    "queued_at",
+    "updated_at",
+    "payload",
+    "parts",
+)
+
+
+def _values(row: Message, *, with_id: bool) -> dict[str, Any]:
+    values = {name: getattr(row, name) for name in _INSERTED}
+    if with_id:
+        values["id"] = row.id
+    return values
 
 
 def _parts_within(text: str, settings: Settings) -> int:

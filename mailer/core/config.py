@@ -593,6 +593,20 @@ class WebhookSettings(BaseModel):
         description="How long the dispatcher waits for an event id it skipped (a transaction "
         "that committed late) before giving it up.",
     )
+    allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks webhooks may be posted to although they are not public "
+        '(loopback, private, link-local, CGNAT...), as in ["10.20.0.0/16", "fd00:1::/64"]; '
+        'also a comma-separated string (MAILER_WEBHOOKS__ALLOWED_NETWORKS="10.20.0.0/16"). '
+        "Empty = public addresses only.  A URL is checked when it is saved and the address "
+        "actually connected to at every attempt.",
+    )
+    allowed_ports: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["80", "443", "1024-65535"],
+        description='Ports webhooks may be posted to: numbers and ranges ("8000-8999"); also a '
+        "comma-separated string.  The default leaves out the other system ports (1-1023: "
+        "SSH, SMTP, DNS, LDAP, SMB...), which are never webhook receivers.",
+    )
 
     @field_validator("retry_delays_seconds", mode="before")
     @classmethod
@@ -608,6 +622,66 @@ class WebhookSettings(BaseModel):
         if any(delay < 0 for delay in value):
             raise ValueError("retry delays are seconds, zero or more")
         return value
+
+    @field_validator("allowed_networks", "allowed_ports", mode="before")
+    @classmethod
+    def _split_lists(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        networks = []
+        for entry in value:
+            try:
+                networks.append(str(ipaddress.ip_network(str(entry).strip(), strict=True)))
+            except ValueError:
+                raise ConfigError(
+                    'webhooks.allowed_networks: "{entry}" is not a network such as '
+                    '"10.20.0.0/16" (no host bits set) or an IP address',
+                    field="webhooks.allowed_networks",
+                    entry=entry,
+                ) from None
+        return networks
+
+    @field_validator("allowed_ports", mode="before")
+    @classmethod
+    def _ports_as_text(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [str(item) for item in value]
+        return value
+
+    @field_validator("allowed_ports")
+    @classmethod
+    def _check_ports(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            WebhookSettings.parse_port_range(entry)
+        return value
+
+    @staticmethod
+    def parse_port_range(entry: str) -> tuple[int, int]:
+        """``"443"`` -> ``(443, 443)``; ``"1024-65535"`` -> ``(1024, 65535)``."""
+        low, _, high = entry.strip().partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            first = last = 0
+        if not 0 < first <= last < 65536:
+            raise ConfigError(
+                'webhooks.allowed_ports: "{entry}" is not a port or a range such as "8000-8999"',
+                field="webhooks.allowed_ports",
+                entry=entry,
+            )
+        return first, last
+
+    @property
+    def port_ranges(self) -> list[tuple[int, int]]:
+        return [self.parse_port_range(entry) for entry in self.allowed_ports]
 
 
 class WelcomeSettings(BaseModel):
@@ -671,7 +745,16 @@ class Settings(BaseSettings):
         "development", description="`production` refuses placeholder secrets."
     )
     secret_key: str = Field(
-        PLACEHOLDER_SECRET, description="Signs sessions, CSRF and tracking tokens."
+        PLACEHOLDER_SECRET,
+        description="Signs sessions, CSRF and tracking tokens; the key that encrypts secrets "
+        "kept in the database (two-factor seeds, webhook signing secrets) derives from it.",
+    )
+    previous_secret_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Earlier values of secret_key, newest first, still accepted to decrypt "
+        "the secrets kept in the database after secret_key was changed (new ones are "
+        "encrypted with secret_key); a JSON list in MAILER_PREVIOUS_SECRET_KEYS.  Sessions "
+        "and signed links are not carried over.",
     )
     data_dir: Path = Field(Path("var"), description="Where the embedded database lives.")
     database_url: str = Field(
@@ -683,6 +766,12 @@ class Settings(BaseSettings):
     worker_threads: int = Field(4, ge=1, description="Worker threads per worker process.")
     http_host: str = Field("127.0.0.1", description="Address `mailer serve` binds.")
     http_port: int = Field(8000, description="Port `mailer serve` binds.")
+    http_concurrency: int = Field(
+        12,
+        ge=1,
+        description="Requests one HTTP process works on at once (each holds a database "
+        "connection from a pool of 30); more wait their turn instead of starving the pool.",
+    )
     base_url: str = Field(
         "http://127.0.0.1:8000", description="Public URL of the portal, API and tracking host."
     )
@@ -766,6 +855,14 @@ class Settings(BaseSettings):
         if isinstance(dns, DnsSettings):
             return data
         return {**data, "dns": {**(dns if isinstance(dns, dict) else {}), "servers": alias}}
+
+    @field_validator("previous_secret_keys", mode="before")
+    @classmethod
+    def _previous_keys_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [text] if text else []
+        return value
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> Settings:

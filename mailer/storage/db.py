@@ -10,13 +10,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Table, event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -88,6 +89,31 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def next_ids(session: Session, table: Table, count: int) -> list[int] | None:
+    """*count* ids for new rows of *table*, drawn from its sequence in one round trip on
+    PostgreSQL (so a row that needs its own id in its content is inserted once, complete);
+    None on SQLite, which assigns ids only on insert."""
+    if count <= 0 or session.get_bind().dialect.name != "postgresql":
+        return None
+    return [
+        int(value)
+        for value in session.execute(
+            text(
+                "SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)"
+            ),
+            {"table": table.name, "n": count},
+        ).scalars()
+    ]
+
+
+def attach_inserted(session: Session, rows: Sequence[SQLModel]) -> None:
+    """Make *rows*, just inserted with Core statements (ids set), persistent in *session*
+    as if loaded: later changes to them are flushed as UPDATEs, and nothing is read back."""
+    for row in rows:
+        make_transient_to_detached(row)
+        session.add(row)
 
 
 def load_models() -> type[SQLModel]:

@@ -16,7 +16,9 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 def alembic_config(settings: Settings | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    url = normalise_url((settings or get_settings()).effective_database_url)
+    settings = settings or get_settings()
+    config.attributes["settings"] = settings  # for migrations that need secret_key
+    url = normalise_url(settings.effective_database_url)
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 

@@ -10,7 +10,8 @@ The schedule: after the n-th failed attempt of a series, wait ``retry_delays_sec
 (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h by default) give or take ``jitter``; a series
 lasts at most ``max_age_hours`` (24 h): a retry that would fall later is made at the
 deadline, and then the delivery fails.  2xx succeeds; 410 Gone fails it at once and
-disables the endpoint; any other answer, a timeout or a refused connection is retried.
+disables the endpoint; any other answer, a timeout, a refused connection, a target the
+policy refuses (``targets``) or a secret that cannot be unsealed is retried.
 An endpoint is disabled when one of its deliveries runs out of retries and none of its
 attempts succeeded for ``disable_after_hours`` (24 h): its pending deliveries fail with it
 (they can be replayed once it is enabled again), and an audit entry ``webhook.disabled``
@@ -30,6 +31,7 @@ from sqlmodel import Session, col, select
 from mailer.accounts.service import Principal, audit
 from mailer.core.clock import utcnow
 from mailer.core.config import Settings
+from mailer.core.sealing import Unsealable
 from mailer.storage.db import session_scope
 from mailer.webhooks import sender, signing
 from mailer.webhooks.models import (
@@ -40,6 +42,7 @@ from mailer.webhooks.models import (
     WebhookSubscription,
 )
 from mailer.webhooks.sender import AttemptOutcome
+from mailer.webhooks.targets import TargetPolicy
 
 DISABLED_ERROR = "the endpoint was disabled"
 
@@ -115,9 +118,12 @@ class _Request:
     body: bytes
     webhook_id: str
     secrets: tuple[str, ...]
+    error: str = ""  # why it cannot be sent (an attempt that fails at once)
 
 
-def _prepare(session: Session, claimed: Claimed, now: datetime) -> _Request | None:
+def _prepare(
+    session: Session, settings: Settings, claimed: Claimed, now: datetime
+) -> _Request | None:
     row = session.execute(
         select(WebhookDelivery, WebhookSubscription)
         .join(
@@ -135,12 +141,17 @@ def _prepare(session: Session, claimed: Claimed, now: datetime) -> _Request | No
     delivery, subscription = row
     if not subscription.active:
         return None  # disabled meanwhile: disabling failed its pending deliveries
-    keys = [subscription.secret]
+    sealed = [subscription.secret]
     if subscription.previous_secret and (
         subscription.previous_secret_until is None or subscription.previous_secret_until > now
     ):
-        keys.append(subscription.previous_secret)
-    return _Request(subscription.url, delivery.payload.encode(), delivery.webhook_id, tuple(keys))
+        sealed.append(subscription.previous_secret)
+    body = delivery.payload.encode()
+    try:
+        keys = tuple(signing.unseal_secret(value, settings) for value in sealed)
+    except Unsealable as exc:
+        return _Request(subscription.url, body, delivery.webhook_id, (), error=exc.message)
+    return _Request(subscription.url, body, delivery.webhook_id, keys)
 
 
 def attempt(
@@ -153,16 +164,20 @@ def attempt(
     """
     started = now or utcnow()
     with session_scope(settings) as session:
-        request = _prepare(session, claimed, started)
+        request = _prepare(session, settings, claimed, started)
     if request is None:
         return None
-    timestamp = int(utcnow().timestamp())
-    outcome = sender.post(
-        request.url,
-        request.body,
-        signing.headers(request.secrets, request.webhook_id, timestamp, request.body),
-        settings.webhooks.timeout_seconds,
-    )
+    if request.error:
+        outcome = AttemptOutcome(None, 0, error=request.error)
+    else:
+        timestamp = int(utcnow().timestamp())
+        outcome = sender.post(
+            request.url,
+            request.body,
+            signing.headers(request.secrets, request.webhook_id, timestamp, request.body),
+            settings.webhooks.timeout_seconds,
+            TargetPolicy.from_settings(settings.webhooks),
+        )
     with session_scope(settings) as session:
         record(session, settings, claimed, outcome, now=started)
     return outcome

@@ -14,6 +14,7 @@ from sqlmodel import Field, SQLModel
 from mailer.core.clock import utcnow
 from mailer.core.statemachine import StateMachine
 from mailer.storage.types import JsonDict, UtcDateTime
+from mailer.webhooks.signing import SEALED_LENGTH
 
 _BIG_ID = BigInteger().with_variant(Integer, "sqlite")  # SQLite's rowid alias is INTEGER
 
@@ -72,10 +73,12 @@ class WebhookSubscription(SQLModel, table=True):
     )
     url: str = Field(max_length=2000)
     description: str = Field(default="", max_length=200)
-    # "whsec_" + base64 of 32 random bytes (Standard Webhooks).  Kept in clear: we sign with it.
-    secret: str = Field(max_length=100)
-    # The secret before the last rotation, still signed with until previous_secret_until.
-    previous_secret: str | None = Field(default=None, max_length=100)
+    # "whsec_" + base64 of 32 random bytes (Standard Webhooks), sealed (signing.seal_secret):
+    # we sign with it, so it is encrypted rather than hashed.
+    secret: str = Field(max_length=SEALED_LENGTH)
+    # The secret before the last rotation (sealed), still signed with until
+    # previous_secret_until.
+    previous_secret: str | None = Field(default=None, max_length=SEALED_LENGTH)
     previous_secret_until: datetime | None = Field(default=None, sa_type=UtcDateTime)
     event_types: list[str] = Field(default_factory=list, sa_type=JsonDict)
     active: bool = True

@@ -1,6 +1,7 @@
 """Outbound webhooks: the functions the API, the portal and the actors call.
 
-Subscriptions (create, update, enable and disable, rotate the secret, delete), test events,
+Subscriptions (create, update, enable and disable, rotate the secret, delete; a URL must
+pass the target policy of ``targets`` and secrets are stored sealed), test events,
 the dispatcher (``dispatch_new_events``: events -> deliveries, see ``outbox``), attempts
 (``claim_due`` and ``attempt`` for the actors, ``deliver_due`` to run them in place, see
 ``attempts``), replays, and the lists of deliveries and attempts.  Audit entries of what
@@ -14,17 +15,17 @@ import secrets
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from sqlalchemy import delete, func, update
 from sqlmodel import Session, col, select
 
 from mailer.accounts.service import Principal
 from mailer.core.clock import utcnow
-from mailer.core.config import Settings
+from mailer.core.config import Settings, get_settings
 from mailer.core.errors import Conflict, NotFound, ValidationFailed
 from mailer.storage.db import session_scope
-from mailer.webhooks import outbox, signing
+from mailer.webhooks import outbox, signing, targets
 from mailer.webhooks.attempts import Claimed, attempt, claim_due, deliver_due, disable
 from mailer.webhooks.event_types import TEST_EVENT_TYPE, EventType
 from mailer.webhooks.models import (
@@ -68,13 +69,24 @@ _ORDER = {event_type.value: index for index, event_type in enumerate(EventType)}
 # -- subscriptions ---------------------------------------------------------------------
 
 
-def check_url(url: str) -> str:
+def _port_given(parts: SplitResult) -> bool:
+    try:
+        parts.port  # noqa: B018 (raises for a port that is not a number from 0 to 65535)
+    except ValueError:
+        return False
+    return True
+
+
+def check_url(url: str, settings: Settings | None = None) -> str:
+    """*url*, trimmed, if webhooks may be posted to it: http(s), no credentials, a host that
+    resolves to addresses the target policy allows, on an allowed port."""
     url = url.strip()
     parts = urlsplit(url)
     if (
         len(url) > MAX_URL_LENGTH
         or parts.scheme not in ("http", "https")
         or not parts.hostname
+        or not _port_given(parts)
         or any(ch.isspace() for ch in url)
     ):
         raise ValidationFailed(
@@ -87,6 +99,8 @@ def check_url(url: str) -> str:
             "put no user name or password in the webhook URL: verify the signature instead",
             field="url",
         )
+    policy = targets.TargetPolicy.from_settings((settings or get_settings()).webhooks)
+    targets.check_target(parts, policy)
     return url
 
 
@@ -114,9 +128,12 @@ def create_subscription(
     *,
     description: str = "",
     created_by: str = "",
+    settings: Settings | None = None,
 ) -> tuple[WebhookSubscription, str]:
-    """A new endpoint; its secret is returned to be shown to the administrator.  It
-    receives the events appended from now on, not the account's history."""
+    """A new endpoint; its secret is returned (in clear, to be shown to the administrator
+    once) and stored sealed.  It receives the events appended from now on, not the
+    account's history."""
+    settings = settings or get_settings()
     start_event_id = outbox.start_of_new_subscription(session, utcnow())
     count = session.execute(
         select(func.count())
@@ -130,9 +147,9 @@ def create_subscription(
     secret = signing.generate_secret()
     subscription = WebhookSubscription(
         account_id=account_id,
-        url=check_url(url),
+        url=check_url(url, settings),
         description=description.strip()[:200],
-        secret=secret,
+        secret=signing.seal_secret(secret, settings),
         event_types=check_event_types(event_types),
         start_event_id=start_event_id,
         created_by=created_by[:200],
@@ -171,10 +188,11 @@ def update_subscription(
     event_types: Sequence[str] | None = None,
     active: bool | None = None,
     principal: Principal | None = None,
+    settings: Settings | None = None,
 ) -> WebhookSubscription:
     subscription = get_subscription(session, account_id, subscription_id)
-    if url is not None:
-        subscription.url = check_url(url)
+    if url is not None and url.strip() != subscription.url:
+        subscription.url = check_url(url, settings)
     if description is not None:
         subscription.description = description.strip()[:200]
     if event_types is not None:
@@ -219,15 +237,21 @@ def disable_subscription(
 
 
 def rotate_secret(
-    session: Session, account_id: int, subscription_id: int, *, now: datetime | None = None
+    session: Session,
+    account_id: int,
+    subscription_id: int,
+    *,
+    now: datetime | None = None,
+    settings: Settings | None = None,
 ) -> tuple[WebhookSubscription, str]:
-    """A new secret; for a day, requests carry signatures with both (receivers switch)."""
+    """A new secret (returned in clear, stored sealed); for a day, requests carry
+    signatures with both (receivers switch)."""
     now = now or utcnow()
     subscription = get_subscription(session, account_id, subscription_id)
     secret = signing.generate_secret()
-    subscription.previous_secret = subscription.secret
+    subscription.previous_secret = subscription.secret  # sealed already
     subscription.previous_secret_until = now + ROTATION_GRACE
-    subscription.secret = secret
+    subscription.secret = signing.seal_secret(secret, settings or get_settings())
     subscription.updated_at = now
     session.add(subscription)
     return subscription, secret

@@ -4,6 +4,9 @@ A secret is ``whsec_`` followed by the base64 of random bytes.  Each request car
 ``webhook-id``, ``webhook-timestamp`` (unix seconds) and ``webhook-signature``:
 ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` keyed with the decoded secret,
 several signatures separated by spaces while a rotated secret is still honoured.
+
+The secret signs, so it must be read back: it is kept sealed in the database
+(``seal_secret``, ``unseal_secret``; see ``mailer.core.sealing``), never in clear.
 """
 
 from __future__ import annotations
@@ -14,8 +17,23 @@ import hmac
 import secrets
 from collections.abc import Iterable
 
+from mailer.core.config import Settings
+from mailer.core.sealing import Sealer
+
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix, not a secret)
 SECRET_BYTES = 32
+SEALING_PURPOSE = "webhook secret"
+SEALED_LENGTH = 300  # column width; a sealed secret takes 164 characters
+
+
+def seal_secret(secret: str, settings: Settings) -> str:
+    """*secret* as it is stored."""
+    return Sealer.from_settings(SEALING_PURPOSE, settings).seal(secret)
+
+
+def unseal_secret(sealed: str, settings: Settings) -> str:
+    """The secret stored as *sealed*; ``Unsealable`` if the install's keys do not open it."""
+    return Sealer.from_settings(SEALING_PURPOSE, settings).unseal(sealed)
 
 
 def generate_secret() -> str:

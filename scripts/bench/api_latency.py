@@ -105,6 +105,22 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
             server.wait()
 
 
+def cpu_seconds(server: subprocess.Popen[bytes]) -> float:
+    """CPU time (user + system) used so far by the server's processes (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == server.pid:  # the process group uvicorn's workers share
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
 def request_bytes(port: int, key: str, n: int) -> bytes:
     if n % 2:
         path = "/api/v1/sms"
@@ -242,7 +258,12 @@ def main() -> None:
             server = start_server(env, port, args.workers)
             try:
                 asyncio.run(run_load(port, keys, 100, 3))  # warm-up: imports, pools, caches
+                cpu_before = cpu_seconds(server)
                 result = asyncio.run(run_load(port, keys, args.rate, args.seconds))
+                # The server's CPU per answered request (both processes; not the database).
+                result["server_cpu_ms_per_request"] = round(
+                    1000 * (cpu_seconds(server) - cpu_before) / max(1, result["requests"]), 2
+                )
                 if args.search:
                     best = 0.0
                     for rate in (50, 100, 200, 300, 500, 1000, 1500, 2000, 3000, 4000):

@@ -221,6 +221,14 @@ ROUTES = [
     ("get", "/api/v1/oauth/clients", "admin"),
     ("post", "/api/v1/oauth/clients", "admin"),
     ("delete", "/api/v1/oauth/clients/{client_id}", "admin"),
+    ("get", "/api/v1/keys", "admin"),
+    ("post", "/api/v1/keys", "admin"),
+    ("delete", "/api/v1/keys/{key_id}", "admin"),
+    ("get", "/api/v1/credits/movements", "read"),
+    ("get", "/api/v1/subaccounts", "admin"),
+    ("post", "/api/v1/subaccounts", "admin"),
+    ("post", "/api/v1/subaccounts/{subaccount_id}/allowance", "admin"),
+    ("get", "/api/v1/audit", "admin"),
 ]
 GRANTED = {
     "viewer": {"public", "read"},
@@ -263,6 +271,8 @@ def route_path(template: str, world: World) -> str:
         delivery_id=1,
         message_id=1,
         client_id="mc_0000000000000000",
+        key_id=1,
+        subaccount_id=1,
     )
 
 

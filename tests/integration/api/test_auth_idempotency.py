@@ -219,3 +219,39 @@ def test_concurrent_duplicates_do_the_work_once(
     assert sorted(replayed for _, _, replayed in answers) == [False, True]
     assert answers[0][:2] == answers[1][:2] and answers[0][0] == 202
     assert count(Message) == 1
+
+
+def test_a_stored_answer_is_encrypted_at_rest(client: TestClient, world: World) -> None:
+    """A new OAuth client's secret is in its answer, shown once: the copy kept for a retry
+    is not readable in the database, and a retry still gets it back."""
+    with session_scope() as session:
+        _key, admin_key = create_api_key(session, world.account_id, "Consola", "admin")
+    admin = client.post(
+        "/api/v1/oauth/clients",
+        json={"name": "ERP de compras", "scopes": ["email:send"]},
+        headers=headers(world, "cliente-1", admin_key),
+    )
+    assert admin.status_code == 201, admin.text
+    secret = admin.json()["client_secret"]
+    with session_scope() as session:
+        [stored] = session.exec(select(IdempotencyKey.response_body)).all()
+    assert stored is not None and stored.startswith(b"sealed:")
+    assert secret.encode() not in stored and b"ERP de compras" not in stored
+    retry = client.post(
+        "/api/v1/oauth/clients",
+        json={"name": "ERP de compras", "scopes": ["email:send"]},
+        headers=headers(world, "cliente-1", admin_key),
+    )
+    assert retry.status_code == 201 and retry.json()["client_secret"] == secret
+    assert retry.headers["idempotent-replayed"] == "true"
+
+
+def test_an_answer_stored_in_clear_before_sealing_still_replays(
+    client: TestClient, world: World
+) -> None:
+    first = client.post("/api/v1/messages", json=MESSAGE, headers=headers(world, "envio-9"))
+    assert first.status_code == 202, first.text
+    with session_scope() as session:
+        session.execute(update(IdempotencyKey).values(response_body=first.content))
+    retry = client.post("/api/v1/messages", json=MESSAGE, headers=headers(world, "envio-9"))
+    assert (retry.status_code, retry.json()) == (202, first.json())

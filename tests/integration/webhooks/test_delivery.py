@@ -172,7 +172,7 @@ def test_payloads_carry_addresses_machine_flag_and_campaign_states(
 
 def test_dispatcher_run_twice_or_at_once_creates_each_delivery_once(db: Settings) -> None:
     account_id, message_ids = account_with_messages(db, 60)
-    receiver_url = "http://127.0.0.1:9/never-called"
+    receiver_url = "http://127.0.0.1:9999/never-called"
     with session_scope(db) as session:
         first, _ = service.create_subscription(session, account_id, receiver_url, ["email.sent"])
         second, _ = service.create_subscription(

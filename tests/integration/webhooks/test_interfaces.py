@@ -249,3 +249,29 @@ def test_portal_pages_refuse_other_roles(client: TestClient, world: World, role:
     )
     assert created.status_code == 403
     assert client.post("/webhooks/1/test", data={"csrf_token": token}).status_code == 403
+
+
+def test_api_refuses_internal_targets_on_field_url(client: TestClient, world: World) -> None:
+    """The test settings allow 127.0.0.0/8 only: the metadata address, a private network
+    and a system port stay refused, with a message that says what to change."""
+    admin = key_for(world, "admin")
+    for url, shown in [
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254, a link-local address"),
+        ("http://10.0.0.5:8080/hooks", "10.0.0.5, a private address"),
+        ("http://127.0.0.1:22/", "port 22"),
+    ]:
+        answer = client.post(
+            "/api/v1/webhooks", json={"url": url, "event_types": ["email.sent"]}, headers=admin
+        )
+        assert answer.status_code == 422, url
+        error = answer.json()["error"]
+        assert error["field"] == "url" and shown in error["message"], error
+    spanish = client.post(
+        "/api/v1/webhooks",
+        json={"url": "http://10.0.0.5/", "event_types": ["email.sent"]},
+        headers={**admin, "Accept-Language": "es"},
+    )
+    assert (
+        "no se pueden enviar webhooks a 10.0.0.5, una dirección privada"
+        in (spanish.json()["error"]["message"])
+    )

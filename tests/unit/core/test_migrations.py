@@ -24,4 +24,4 @@ def test_migrations_go_down_and_up_again(settings: Settings) -> None:
     command.downgrade(alembic_config(settings), "base")
     assert current_revision(settings) is None
     upgrade(settings)
-    assert current_revision(settings) == "0012"
+    assert current_revision(settings) == "0013"
