@@ -19,7 +19,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,7 +29,7 @@ from sqlmodel import Session, col
 from mailer.accounts import credits
 from mailer.accounts.models import Account, AuditEntry, CreditEntry, CreditKind, User
 from mailer.accounts.roles import ROLE_LABELS_ES, parse_role
-from mailer.accounts.service import create_account, create_user, hash_password
+from mailer.accounts.service import Principal, audit, create_account, create_user, hash_password
 from mailer.content.store import LibraryTemplate, load_library_template
 from mailer.core.clock import utcnow
 from mailer.core.config import Settings
@@ -120,6 +120,56 @@ class NewSubAccount:
     admin: User
     transfers: list[CreditEntry]  # the entries into the sub-account
     needs_password: bool  # the admin was created without one: send the link
+
+
+def audit_both(
+    session: Session,
+    principal: Principal,
+    sub_id: int,
+    action: str,
+    target: str,
+    *,
+    ip: str | None,
+    **details: Any,
+) -> None:
+    """One entry in the parent's log and one in the sub-account's: both administrators
+    see who changed the sub-account."""
+    audit(session, principal, action, target, ip=ip, **details)
+    audit(session, replace(principal, account_id=sub_id), action, target, ip=ip, **details)
+
+
+def audit_sub_account_created(
+    session: Session, principal: Principal, created: NewSubAccount, *, ip: str | None
+) -> None:
+    """The creation of a sub-account, its administrator and its first allowances, in the
+    logs of both accounts (the portal and the API record the same entries)."""
+    sub, user = created.account, created.admin
+    assert sub.id is not None
+    audit_both(
+        session, principal, sub.id, "subaccount.create", f"account:{sub.id}", ip=ip, name=sub.name
+    )
+    audit_both(
+        session,
+        principal,
+        sub.id,
+        "user.create",
+        f"user:{user.id}",
+        ip=ip,
+        email=user.email,
+        role=user.role,
+    )
+    for entry in created.transfers:
+        audit_both(
+            session,
+            principal,
+            sub.id,
+            "credits.transfer",
+            f"account:{sub.id}",
+            ip=ip,
+            channel=entry.channel,
+            quantity=entry.quantity,
+            direction="give",
+        )
 
 
 def _quantities(allowances: Mapping[str, int]) -> dict[str, int]:

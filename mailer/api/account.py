@@ -15,7 +15,6 @@ key's secret in the database; a retry finds the name taken (409) instead.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -530,22 +529,6 @@ class AllowanceMoveOut(BaseModel):
     subaccount_available: int = Field(description="The sub-account's balance after it.")
 
 
-def _audit_both(
-    session: Session,
-    principal: Principal,
-    sub_id: int,
-    action: str,
-    target: str,
-    *,
-    ip: str | None,
-    **details: Any,
-) -> None:
-    """One entry in the parent's log and one in the sub-account's, as the portal does:
-    both administrators see who changed the sub-account."""
-    audit(session, principal, action, target, ip=ip, **details)
-    audit(session, replace(principal, account_id=sub_id), action, target, ip=ip, **details)
-
-
 @router.get("/subaccounts", response_model=list[SubAccountOut], summary="Sub-accounts")
 def get_subaccounts(session: SessionDep, principal: Admin) -> list[SubAccountOut]:
     """The account's direct sub-accounts, by name, with their users and balances."""
@@ -589,31 +572,7 @@ def post_subaccount(
     sub, user = created.account, created.admin
     assert sub.id is not None and user.id is not None
     ip = _ip(request)
-    _audit_both(
-        session, principal, sub.id, "subaccount.create", f"account:{sub.id}", ip=ip, name=sub.name
-    )
-    _audit_both(
-        session,
-        principal,
-        sub.id,
-        "user.create",
-        f"user:{user.id}",
-        ip=ip,
-        email=user.email,
-        role=user.role,
-    )
-    for entry in created.transfers:
-        _audit_both(
-            session,
-            principal,
-            sub.id,
-            "credits.transfer",
-            f"account:{sub.id}",
-            ip=ip,
-            channel=entry.channel,
-            quantity=entry.quantity,
-            direction="give",
-        )
+    admin.audit_sub_account_created(session, principal, created, ip=ip)
     session.commit()
     return SubAccountCreatedOut(
         id=sub.id,
@@ -658,7 +617,7 @@ def post_allowance(
         note=body.note,
     )
     parent_entry, sub_entry = (into, out) if take_back else (out, into)
-    _audit_both(
+    admin.audit_both(
         session,
         principal,
         subaccount_id,

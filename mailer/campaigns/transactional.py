@@ -189,33 +189,22 @@ def _compiled(
         return found
     check_syntax(str(content["subject"]), str(content["html"]), content.get("text"))
     try:  # the sending domain and its keys: an unknown domain is the caller's to fix now
-        compiled = _compile(account_id, content, from_email, from_name, reply_to, settings)
+        compiled = compile_message(
+            account_id=account_id,
+            campaign_id=None,
+            name=str(content.get("subject", ""))[:200],
+            content=dict(content),
+            from_email=from_email,
+            from_name=from_name,
+            reply_to=reply_to,
+            settings=settings,
+        )
     except MailerError as exc:
         raise ValidationFailed("{problem}", field="from_email", problem=str(exc)) from exc
     _COMPILED[key] = compiled
     while len(_COMPILED) > _COMPILED_SIZE:
         _COMPILED.popitem(last=False)
     return compiled
-
-
-def _compile(
-    account_id: int,
-    content: Mapping[str, Any],
-    from_email: str,
-    from_name: str,
-    reply_to: str | None,
-    settings: Settings,
-) -> CompiledCampaign:
-    return compile_message(
-        account_id=account_id,
-        campaign_id=None,
-        name=str(content.get("subject", ""))[:200],
-        content=dict(content),
-        from_email=from_email,
-        from_name=from_name,
-        reply_to=reply_to,
-        settings=settings,
-    )
 
 
 def send_messages(message_ids: Sequence[int], *, settings: Settings | None = None) -> int:

@@ -12,7 +12,7 @@ sub-accounts' balances, movements and audit entries, and may act in one of them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -185,22 +185,6 @@ def account_page(
 # -- "Subcuentas" ----------------------------------------------------------------------
 
 
-def _audit_both(
-    session: Session,
-    principal: Principal,
-    sub_id: int,
-    action: str,
-    target: str,
-    *,
-    ip: str | None,
-    **details: Any,
-) -> None:
-    """One entry in the parent's log and one in the sub-account's: both administrators
-    see who changed the sub-account."""
-    audit(session, principal, action, target, ip=ip, **details)
-    audit(session, replace(principal, account_id=sub_id), action, target, ip=ip, **details)
-
-
 @router.get("/subaccounts")
 def subaccounts_page(request: Request, session: SessionDep, principal: Admin) -> HTMLResponse:
     return _subaccounts_page(request, session, principal)
@@ -269,31 +253,7 @@ def subaccounts_create(
     sub, user = created.account, created.admin
     assert sub.id is not None
     ip = client_ip(request)
-    _audit_both(
-        session, principal, sub.id, "subaccount.create", f"account:{sub.id}", ip=ip, name=sub.name
-    )
-    _audit_both(
-        session,
-        principal,
-        sub.id,
-        "user.create",
-        f"user:{user.id}",
-        ip=ip,
-        email=user.email,
-        role=user.role,
-    )
-    for entry in created.transfers:
-        _audit_both(
-            session,
-            principal,
-            sub.id,
-            "credits.transfer",
-            f"account:{sub.id}",
-            ip=ip,
-            channel=entry.channel,
-            quantity=entry.quantity,
-            direction="give",
-        )
+    admin.audit_sub_account_created(session, principal, created, ip=ip)
     outcome = _welcome(request, session, principal, user, sub, send=send_welcome)
     return _created_page(request, session, user, sub, outcome, nav="subaccounts")
 
@@ -351,7 +311,7 @@ def subaccount_transfer(
         session.rollback()
         flash(request, tr(exc), "error")
         return redirect(f"/subaccounts/{sub_id}")
-    _audit_both(
+    admin.audit_both(
         session,
         principal,
         sub_id,
@@ -381,7 +341,7 @@ def subaccount_switch(
         flash(request, "Vuelva a su cuenta antes de entrar en otra subcuenta.", "error")
         return redirect("/subaccounts")
     sub = admin.get_sub_account(session, principal.account_id, sub_id)
-    _audit_both(
+    admin.audit_both(
         session, principal, sub_id, "subaccount.switch", f"account:{sub_id}", ip=client_ip(request)
     )
     act_in(request, sub_id)

@@ -105,20 +105,27 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
             server.wait()
 
 
-def cpu_seconds(server: subprocess.Popen[bytes]) -> float:
-    """CPU time (user + system) used so far by the server's processes (Linux /proc)."""
+def cpu_seconds(server: subprocess.Popen[bytes]) -> dict[str, float]:
+    """CPU time (user + system) used so far (Linux /proc) by the server's processes, by
+    PostgreSQL's and by Redis's."""
     ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    totals = {"server": 0.0, "postgresql": 0.0, "redis": 0.0}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            head, _, tail = (entry / "stat").read_text().rpartition(")")
         except OSError:
             continue
+        name, fields = head.split("(", 1)[1], tail.split()
+        used = (int(fields[11]) + int(fields[12])) / ticks
         if int(fields[2]) == server.pid:  # the process group uvicorn's workers share
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
+            totals["server"] += used
+        elif name.startswith("postgres"):
+            totals["postgresql"] += used
+        elif name.startswith("redis-server"):
+            totals["redis"] += used
+    return totals
 
 
 def request_bytes(port: int, key: str, n: int) -> bytes:
@@ -260,10 +267,15 @@ def main() -> None:
                 asyncio.run(run_load(port, keys, 100, 3))  # warm-up: imports, pools, caches
                 cpu_before = cpu_seconds(server)
                 result = asyncio.run(run_load(port, keys, args.rate, args.seconds))
-                # The server's CPU per answered request (both processes; not the database).
-                result["server_cpu_ms_per_request"] = round(
-                    1000 * (cpu_seconds(server) - cpu_before) / max(1, result["requests"]), 2
-                )
+                # CPU per answered request: the server (both processes), the database, Redis.
+                cpu_after = cpu_seconds(server)
+                result["cpu_ms_per_request"] = {
+                    part: round(
+                        1000 * (cpu_after[part] - cpu_before[part]) / max(1, result["requests"]),
+                        2,
+                    )
+                    for part in cpu_after
+                }
                 if args.search:
                     best = 0.0
                     for rate in (50, 100, 200, 300, 500, 1000, 1500, 2000, 3000, 4000):
