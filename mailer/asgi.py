@@ -102,7 +102,12 @@ class Admission:
     here, holding nothing.  Without it an overload starves itself: a request keeps its
     database connection between its trips through the thread pool, so with more requests
     in flight than connections, threads wait for connections that requests waiting for
-    threads hold, until the pool times out (answers 500) and the rate collapses."""
+    threads hold, until the pool times out (answers 500) and the rate collapses.
+
+    A request's body (up to 1 MB) is read before it takes a place, so a slow client holds
+    no place while it sends; larger uploads (imports) and static files do not wait here."""
+
+    BODY_LIMIT = 1 << 20
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -110,13 +115,33 @@ class Admission:
         self._slots: asyncio.Semaphore | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith("/static/"):
             await self.app(scope, receive, send)
             return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        chunked = length is None and any(k == b"transfer-encoding" for k, _ in scope["headers"])
+        if chunked or (
+            length is not None and (not length.isdigit() or int(length) > self.BODY_LIMIT)
+        ):
+            await self.app(scope, receive, send)
+            return
+        body: list[bytes] = []
+        while True:  # read at once: the body is small (and often empty)
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client left before it finished sending: nothing to answer
+            body.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        pending: list[Message] = [{"type": "http.request", "body": b"".join(body)}]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
         if self._slots is None:  # made in the server's event loop, on first use
             self._slots = asyncio.Semaphore(self.limit)
         async with self._slots:
-            await self.app(scope, receive, send)
+            await self.app(scope, replay, send)
 
 
 class LedgerCollector(Collector):
