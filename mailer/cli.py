@@ -1421,6 +1421,45 @@ def credits_transfer(channel: str, quantity: int, from_account: int, to_account:
 
 # -- API keys and OAuth clients --------------------------------------------------------
 
+secrets_app = typer.Typer(
+    help="Secrets kept sealed in the database (two-factor seeds, webhook secrets).",
+    no_args_is_help=True,
+)
+app.add_typer(secrets_app, name="secrets")
+
+
+@secrets_app.command("reseal")
+def secrets_reseal() -> None:
+    """Seal every stored secret again under the current secret_key.
+
+    After changing secret_key (the old value listed in previous_secret_keys), run this once;
+    when it reports nothing unreadable, the old key can leave previous_secret_keys.  (Answers
+    kept for Idempotency-Key retries are not resealed: they expire within a day.)"""
+    import json
+    from dataclasses import asdict
+
+    from mailer.accounts import totp
+    from mailer.accounts.service import audit
+    from mailer.storage.db import session_scope
+    from mailer.webhooks import service as webhooks
+
+    settings = get_settings()
+    with session_scope(settings) as session:
+        report = {
+            "totp": asdict(totp.reseal_secrets(session, settings)),
+            "webhooks": asdict(webhooks.reseal_secrets(session, settings)),
+        }
+        audit(session, None, "secrets.reseal", totp=report["totp"], webhooks=report["webhooks"])
+    typer.echo(json.dumps(report))
+    if any(part["unreadable"] for part in report.values()):
+        typer.echo(
+            "Some secrets could not be read with secret_key or previous_secret_keys: they were "
+            "left as they were (list the key they were sealed with, or reset them).",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
 oauth_app = typer.Typer(
     help="OAuth 2.0 clients (client credentials), one per application.", no_args_is_help=True
 )

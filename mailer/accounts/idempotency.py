@@ -34,7 +34,7 @@ from mailer.accounts.models import IdempotencyKey
 from mailer.core.clock import utcnow
 from mailer.core.config import Settings
 from mailer.core.errors import Conflict, ValidationFailed
-from mailer.core.sealing import Sealer
+from mailer.core.sealing import Sealer, Unsealable
 from mailer.storage.db import session_scope
 
 MAX_KEY_LENGTH = 255
@@ -244,7 +244,14 @@ def _sealed(settings: Settings, body: bytes) -> bytes:
 def _unsealed(settings: Settings, stored: bytes) -> bytes:
     if not stored.startswith(_SEALED):
         return stored  # stored in clear before answers were sealed
-    return Sealer.from_settings(_PURPOSE, settings).unseal_bytes(stored[len(_SEALED) :])
+    try:
+        return Sealer.from_settings(_PURPOSE, settings).unseal_bytes(stored[len(_SEALED) :])
+    except Unsealable:  # sealed under a secret key no longer configured
+        raise ResponseLost(
+            "the request with this Idempotency-Key was done but its response can no longer "
+            "be read; look the result up instead of retrying",
+            field="Idempotency-Key",
+        ) from None
 
 
 def abandon(settings: Settings, held: Claim) -> None:

@@ -34,9 +34,9 @@ from sqlmodel import Session, col
 
 from mailer.accounts.models import AuditEntry, User
 from mailer.core.clock import utcnow
-from mailer.core.config import get_settings
+from mailer.core.config import Settings, get_settings
 from mailer.core.errors import AuthenticationFailed, Conflict
-from mailer.core.sealing import Sealer, Unsealable
+from mailer.core.sealing import Resealed, Sealer, Unsealable
 from mailer.core.tokens import hash_secret
 
 ISSUER = "mailer"
@@ -78,6 +78,17 @@ def _secret_of(user: User, secret_key: str) -> str:
             "the two-factor secret of this user cannot be read (the install's secret key "
             "changed): an administrator must reset it"
         ) from None
+
+
+def reseal_secrets(session: Session, settings: Settings) -> Resealed:
+    """Every stored two-factor secret sealed again under the current ``secret_key`` (after
+    a change of key, before the old one leaves ``previous_secret_keys``)."""
+    sealer = Sealer.from_settings(SEALING_PURPOSE, settings)
+    done = Resealed()
+    for user in session.execute(select(User).where(col(User.totp_secret) != "")).scalars():
+        user.totp_secret = done.add(sealer, user.totp_secret)
+        session.add(user)
+    return done
 
 
 def is_enabled(user: User) -> bool:

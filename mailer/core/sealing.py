@@ -112,3 +112,21 @@ class Sealer:
             "changed (list the old one in previous_secret_keys) or the value is damaged",
             purpose=self.purpose,
         )
+
+
+@dataclass(slots=True)
+class Resealed:
+    """What :meth:`Sealer.reseal` did over a set of stored values."""
+
+    resealed: int = 0
+    unreadable: int = 0  # sealed with a key no longer configured: left as they were
+
+    def add(self, sealer: Sealer, sealed: str) -> str:
+        """*sealed* under the current key, counted; unchanged (and counted) if unreadable."""
+        try:
+            value = sealer.reseal(sealed)
+        except Unsealable:
+            self.unreadable += 1
+            return sealed
+        self.resealed += 1
+        return value

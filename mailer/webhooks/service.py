@@ -24,6 +24,7 @@ from mailer.accounts.service import Principal
 from mailer.core.clock import utcnow
 from mailer.core.config import Settings, get_settings
 from mailer.core.errors import Conflict, NotFound, ValidationFailed
+from mailer.core.sealing import Resealed, Sealer
 from mailer.storage.db import session_scope
 from mailer.webhooks import outbox, signing, targets
 from mailer.webhooks.attempts import Claimed, attempt, claim_due, deliver_due, disable
@@ -255,6 +256,19 @@ def rotate_secret(
     subscription.updated_at = now
     session.add(subscription)
     return subscription, secret
+
+
+def reseal_secrets(session: Session, settings: Settings) -> Resealed:
+    """Every endpoint's signing secrets (the current one and one kept after a rotation)
+    sealed again under the current ``secret_key``."""
+    sealer = Sealer.from_settings(signing.SEALING_PURPOSE, settings)
+    done = Resealed()
+    for subscription in session.exec(select(WebhookSubscription)):
+        subscription.secret = done.add(sealer, subscription.secret)
+        if subscription.previous_secret:
+            subscription.previous_secret = done.add(sealer, subscription.previous_secret)
+        session.add(subscription)
+    return done
 
 
 def delete_subscription(session: Session, account_id: int, subscription_id: int) -> None:

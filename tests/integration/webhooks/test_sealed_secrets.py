@@ -5,13 +5,19 @@ on the way down)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from alembic import command
 from sqlalchemy import text
+from sqlmodel import select
+from typer.testing import CliRunner
 
-from mailer.accounts.service import create_account
+from mailer.accounts import totp
+from mailer.accounts.models import AuditEntry, User
+from mailer.accounts.service import create_account, create_user
+from mailer.cli import app
 from mailer.core.config import Settings
 from mailer.core.sealing import Sealer
 from mailer.storage.db import dispose_engines, session_scope
@@ -19,6 +25,8 @@ from mailer.storage.migrate import alembic_config, current_revision, upgrade
 from mailer.webhooks import service, signing
 from mailer.webhooks.models import WebhookDelivery, WebhookSubscription
 from tests.integration.webhooks.conftest import Receiver
+
+runner = CliRunner()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -138,3 +146,55 @@ def test_migration_0013_seals_existing_secrets_and_0012_opens_them(
     upgrade(db)
     dispose_engines()
     assert [sealer.unseal(a) for a, _b in raw_secrets(db)] == [clear, clear]
+
+
+def test_after_a_change_of_secret_key_reseal_lets_the_old_key_go(
+    db: Settings, configure: Any, receiver: Receiver
+) -> None:
+    """`mailer secrets reseal` seals the webhook and two-factor secrets again under the new
+    key; then the old key can leave previous_secret_keys and both still open."""
+    old_key = db.secret_key
+    with session_scope(db) as session:
+        account = create_account(session, "Entidad de prueba")
+        _subscription, secret = service.create_subscription(
+            session, account.id or 0, receiver.url, ["email.sent"]
+        )
+        user = create_user(
+            session, account.id or 0, "ana@entidad.pe", "una clave larga 123", "admin"
+        )
+        enrolment = totp.begin_enrolment(session, user, old_key)
+    url = db.database_url
+    new_key = "the-new-secret-" + "y" * 32
+    rotated = configure(
+        url, MAILER_SECRET_KEY=new_key, MAILER_PREVIOUS_SECRET_KEYS=json.dumps([old_key])
+    )
+    result = runner.invoke(app, ["secrets", "reseal"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[-1]) == {
+        "totp": {"resealed": 1, "unreadable": 0},
+        "webhooks": {"resealed": 1, "unreadable": 0},
+    }
+    alone = configure(url, MAILER_SECRET_KEY=new_key, MAILER_PREVIOUS_SECRET_KEYS="[]")
+    ((sealed, _previous),) = raw_secrets(alone)
+    assert signing.unseal_secret(sealed, alone) == secret
+    with session_scope(alone) as session:
+        stored = session.get(User, user.id)
+        assert stored is not None
+        assert totp.pending_enrolment(stored, new_key) == enrolment
+        entries = session.exec(select(AuditEntry).where(AuditEntry.action == "secrets.reseal"))
+        assert len(list(entries)) == 1
+    assert rotated.previous_secret_keys == [old_key]
+
+    # A secret sealed under a key the install no longer has is reported, and left alone.
+    stranger = Sealer.with_keys(signing.SEALING_PURPOSE, "some other install's key " * 2)
+    with session_scope(alone) as session:
+        session.execute(
+            text("UPDATE webhook_subscriptions SET secret = :sealed"),
+            {"sealed": stranger.seal(signing.generate_secret())},
+        )
+    result = runner.invoke(app, ["secrets", "reseal"])
+    assert result.exit_code == 1
+    assert json.loads(result.output.splitlines()[0])["webhooks"] == {
+        "resealed": 0,
+        "unreadable": 1,
+    }
