@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from mailer.accounts.roles import Permission
@@ -228,7 +228,9 @@ def get_webhooks(session: SessionDep, principal: Admin) -> list[WebhookOut]:
     status_code=status.HTTP_201_CREATED,
     summary="Add a webhook endpoint",
 )
-def post_webhook(body: WebhookIn, session: SessionDep, principal: Admin) -> WebhookSecretOut:
+def post_webhook(
+    body: WebhookIn, request: Request, session: SessionDep, principal: Admin
+) -> WebhookSecretOut:
     """Add an endpoint; the answer carries its signing secret, shown this once."""
     subscription, secret = service.create_subscription(
         session,
@@ -237,6 +239,7 @@ def post_webhook(body: WebhookIn, session: SessionDep, principal: Admin) -> Webh
         [t.value for t in body.event_types],
         description=body.description,
         created_by=principal.actor,
+        settings=request.app.state.settings,
     )
     audit(session, principal, "webhook.create", f"webhook:{subscription.id}", url=subscription.url)
     session.commit()
@@ -255,7 +258,7 @@ def get_webhook(webhook_id: Id, session: SessionDep, principal: Admin) -> Webhoo
     summary="Change, disable or enable an endpoint",
 )
 def patch_webhook(
-    webhook_id: Id, body: WebhookPatch, session: SessionDep, principal: Admin
+    webhook_id: Id, body: WebhookPatch, request: Request, session: SessionDep, principal: Admin
 ) -> WebhookOut:
     """Change the URL, description or event types; ``active`` disables or enables it."""
     subscription = service.update_subscription(
@@ -267,6 +270,7 @@ def patch_webhook(
         event_types=None if body.event_types is None else [t.value for t in body.event_types],
         active=body.active,
         principal=principal,
+        settings=request.app.state.settings,
     )
     audit(
         session,
@@ -295,10 +299,12 @@ def delete_webhook(webhook_id: Id, session: SessionDep, principal: Admin) -> Non
     summary="Rotate an endpoint's signing secret",
 )
 def rotate_webhook_secret(
-    webhook_id: Id, session: SessionDep, principal: Admin
+    webhook_id: Id, request: Request, session: SessionDep, principal: Admin
 ) -> WebhookSecretOut:
     """A new secret, shown this once; for 24 hours requests are signed with both."""
-    subscription, secret = service.rotate_secret(session, principal.account_id, webhook_id)
+    subscription, secret = service.rotate_secret(
+        session, principal.account_id, webhook_id, settings=request.app.state.settings
+    )
     audit(session, principal, "webhook.rotate_secret", f"webhook:{webhook_id}")
     session.commit()
     return _secret_out(subscription, secret)

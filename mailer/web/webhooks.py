@@ -93,6 +93,7 @@ def webhooks_create(
             event_types or [],
             description=description,
             created_by=principal.actor,
+            settings=request.app.state.settings,
         )
     except MailerError as exc:
         session.rollback()
@@ -177,6 +178,7 @@ def webhook_update(
             url=url,
             description=description,
             event_types=event_types or [],
+            settings=request.app.state.settings,
         )
     except MailerError as exc:
         session.rollback()
@@ -191,7 +193,9 @@ def webhook_update(
 def webhook_rotate(
     request: Request, webhook_id: Id, session: SessionDep, principal: Admin
 ) -> Response:
-    subscription, secret = service.rotate_secret(session, principal.account_id, webhook_id)
+    subscription, secret = service.rotate_secret(
+        session, principal.account_id, webhook_id, settings=request.app.state.settings
+    )
     audit(
         session, principal, "webhook.rotate_secret", f"webhook:{webhook_id}", ip=client_ip(request)
     )
