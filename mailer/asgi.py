@@ -42,6 +42,7 @@ from mailer.core.metrics import ERRORS, HTTP_LATENCY, HTTP_REQUESTS
 from mailer.storage.db import get_engine, session_scope
 from mailer.web.admin import router as admin_web_router
 from mailer.web.audience import router as audience_web_router
+from mailer.web.integrations import router as integrations_web_router
 from mailer.web.routes import error_page, invalid_form
 from mailer.web.routes import router as web_router
 from mailer.web.shortlinks import router as shortlinks_router
@@ -271,6 +272,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audience_web_router)
     app.include_router(webhooks_web_router)
     app.include_router(admin_web_router)
+    app.include_router(integrations_web_router)
     app.include_router(sms_web_router)
     app.include_router(tracking_router)
     app.include_router(shortlinks_router)

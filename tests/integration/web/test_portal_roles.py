@@ -127,6 +127,12 @@ ROUTES: list[tuple[str, str, str]] = [
     ("post", "/users/{user_id}/{action}", "admin"),
     ("get", "/audit", "admin"),
     ("get", "/audit.csv", "admin"),
+    # integrations: API keys and OAuth clients
+    ("get", "/integrations", "admin"),
+    ("post", "/integrations/keys", "admin"),
+    ("post", "/integrations/keys/{key_id}/revoke", "admin"),
+    ("post", "/integrations/clients", "admin"),
+    ("post", "/integrations/clients/{client_id}/revoke", "admin"),
     ("get", "/security", "read"),
     ("post", "/security/totp/start", "read"),
     ("post", "/security/totp/cancel", "read"),
@@ -181,6 +187,8 @@ def world(sqlite_settings: Settings, tmp_path: Path) -> dict[str, Any]:
                 "sub_id": sub.id,
                 "user_id": victim.id,
                 "token": "x.y",
+                "key_id": 1,
+                "client_id": "mc_0000000000000000",
             },
         }
 
