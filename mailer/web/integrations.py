@@ -10,7 +10,7 @@ API's own routes (``mailer.api.account``, ``mailer.api.oauth``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Path, Request
@@ -155,22 +155,36 @@ def _key_view(key: ApiKey) -> dict[str, Any]:
 
 @router.post(f"{PAGE}/keys/{{key_id}}/revoke", dependencies=[CsrfChecked])
 def keys_revoke(request: Request, key_id: Id, session: SessionDep, principal: Admin) -> Response:
+    return _revoke(
+        request,
+        session,
+        principal,
+        lambda: revoke_api_key(session, principal.account_id, key_id),
+        "apikey.revoke",
+        lambda key: f"apikey:{key.id}",
+        "Se revocó la clave «{name}»: ya no se acepta.",
+    )
+
+
+def _revoke(
+    request: Request,
+    session: Session,
+    principal: Principal,
+    revoke: Callable[[], Any],
+    action: str,
+    target: Callable[[Any], str],
+    done: str,
+) -> Response:
+    """Revoke a key or a client, audit it and say so; a refusal is flashed."""
     try:
-        key = revoke_api_key(session, principal.account_id, key_id)
+        revoked = revoke()
     except MailerError as exc:
         session.rollback()
         flash(request, tr(exc), "error")
         return redirect(PAGE)
-    audit(
-        session,
-        principal,
-        "apikey.revoke",
-        f"apikey:{key.id}",
-        ip=client_ip(request),
-        name=key.name,
-    )
+    audit(session, principal, action, target(revoked), ip=client_ip(request), name=revoked.name)
     session.commit()
-    flash(request, f"Se revocó la clave «{key.name}»: ya no se acepta.")
+    flash(request, done.format(name=revoked.name))
     return redirect(PAGE)
 
 
@@ -233,20 +247,12 @@ def _client_view(client: OAuthClient) -> dict[str, Any]:
 def clients_revoke(
     request: Request, client_id: ClientId, session: SessionDep, principal: Admin
 ) -> Response:
-    try:
-        client = revoke_oauth_client(session, principal.account_id, client_id)
-    except MailerError as exc:
-        session.rollback()
-        flash(request, tr(exc), "error")
-        return redirect(PAGE)
-    audit(
+    return _revoke(
+        request,
         session,
         principal,
+        lambda: revoke_oauth_client(session, principal.account_id, client_id),
         "oauth_client.revoke",
-        f"oauthclient:{client.client_id}",
-        ip=client_ip(request),
-        name=client.name,
+        lambda client: f"oauthclient:{client.client_id}",
+        "Se revocó el cliente OAuth «{name}»: sus tokens dejan de valer.",
     )
-    session.commit()
-    flash(request, f"Se revocó el cliente OAuth «{client.name}»: sus tokens dejan de valer.")
-    return redirect(PAGE)
