@@ -13,6 +13,8 @@ import contextlib
 import io
 import re
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -532,3 +534,43 @@ def build_a_segment_with_a_live_count(session: Session) -> None:
     expect(listing).to_contain_text("Empresa contiene Municipalidad Provincial")
     expect(listing.locator("td.num").first).to_have_text(str(half))
     session.shot("26-segments")
+
+
+def test_integrator_credentials_flow(session: Session) -> None:
+    """An administrator gives an application its API key in the portal: shown once, usable
+    against the API at once, refused as soon as it is revoked."""
+    page = session.page
+    log_in(session)
+    page.get_by_role("link", name="Integraciones").click()
+    expect(page).to_have_url(session.portal.url("/integrations"))
+    form = page.locator("form").filter(
+        has=page.get_by_role("heading", name="Crear una clave de API")
+    )
+    form.get_by_label("Aplicación (nombre)").fill("ERP de compras")
+    form.get_by_label("Rol").select_option("manager")
+    form.get_by_role("button", name="Crear clave").click()
+    expect(page.get_by_role("heading", name="Clave de API creada")).to_be_visible()
+    secret = page.locator("#secret").inner_text().strip()
+    assert secret.startswith("mk_")
+    session.shot("integrations-key-created")
+    fits_a_phone(session, "integrations-key-created-phone")
+
+    def me() -> int:
+        request = urllib.request.Request(
+            session.portal.url("/api/v1/me"), headers={"Authorization": f"Bearer {secret}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as refused:
+            return int(refused.code)
+
+    assert me() == 200
+    session.goto("/integrations")
+    assert secret not in page.content()  # shown once
+    row = page.get_by_role("row").filter(has_text="ERP de compras")
+    row.get_by_role("button", name="Revocar").click()
+    expect(page.get_by_text("Se revocó la clave «ERP de compras»")).to_be_visible()
+    session.shot("integrations-key-revoked")
+    assert me() == 401
+    assert not session.script_errors, "\n".join(session.script_errors)
