@@ -14,17 +14,19 @@ sends without allowances until an operator grants one.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Executable, bindparam, func, insert, or_, select, update
+from sqlalchemy import BindParameter, Executable, bindparam, func, insert, or_, select, update
 from sqlmodel import Session, col
 
 from mailer.accounts.models import Account, CreditBalance, CreditEntry, CreditKind
 from mailer.core.clock import utcnow
 from mailer.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from mailer.core.types import Channel
+from mailer.storage.db import attach_inserted
 
 log = logging.getLogger(__name__)
 
@@ -102,21 +104,26 @@ def _move(
     note: str = "",
     counterpart_id: int | None = None,
     valid_until: datetime | None = None,
+    while_valid: bool = False,
 ) -> CreditEntry | None:
-    """Apply one movement if the balance allows it; None when it does not (or the account
-    is not metered on *channel*)."""
-    d_available, d_held = EFFECTS[kind]
-    statement = update(CreditBalance).where(
-        col(CreditBalance.account_id) == account_id, col(CreditBalance.channel) == channel
-    )
-    if d_available < 0:
-        statement = statement.where(col(CreditBalance.available) >= quantity)
-    if d_held < 0:
-        statement = statement.where(col(CreditBalance.held) >= quantity)
-    values: dict[str, object] = {
-        "available": col(CreditBalance.available) + d_available * quantity,
-        "held": col(CreditBalance.held) + d_held * quantity,
-        "updated_at": utcnow(),
+    """Apply one movement if the balance allows it (and, *while_valid*, if its validity
+    has not ended); None when it does not (or the account is not metered on *channel*).
+
+    One statement on PostgreSQL (the guarded ``UPDATE ... RETURNING`` and the entry's
+    ``INSERT`` in one CTE), two on SQLite; the statements are built once per kind of
+    movement (building one costs more than running it, and a send reserves every time)."""
+    now = utcnow()
+    params: dict[str, object] = {
+        "p_account_id": account_id,
+        "p_channel": channel,
+        "p_kind": kind.value,
+        "p_quantity": quantity,
+        "p_ref": ref[:200],
+        "p_actor": actor[:200],
+        "p_note": note[:500],
+        "p_counterpart_id": counterpart_id,
+        "p_valid_until": valid_until,
+        "p_now": now,
     }
     if valid_until is not None:
         # The latest validity of the grants wins (read under the same transaction).
@@ -126,28 +133,117 @@ def _move(
                 col(CreditBalance.channel) == channel,
             )
         ).scalar_one_or_none()
-        values["valid_until"] = max(current, valid_until) if current else valid_until
-    row = session.execute(
-        statement.values(values).returning(col(CreditBalance.available), col(CreditBalance.held))
-    ).first()
-    if row is None:
-        return None
-    entry = CreditEntry(
+        params["p_balance_valid_until"] = max(current, valid_until) if current else valid_until
+    moved, entry, both = _statements(kind, valid_until is not None, while_valid)
+    if session.get_bind().dialect.name == "postgresql":
+        row = session.execute(both, params).first()
+        if row is None:
+            return None
+        entry_id, available, held = row
+    else:
+        after = session.execute(moved, params).first()
+        if after is None:
+            return None
+        available, held = after
+        entry_id = session.execute(
+            entry, params | {"p_available": int(available), "p_held": int(held)}
+        ).scalar_one()
+    created = CreditEntry(
+        id=entry_id,
         account_id=account_id,
         channel=channel,
         kind=kind,
         quantity=quantity,
-        available_after=int(row[0]),
-        held_after=int(row[1]),
+        available_after=int(available),
+        held_after=int(held),
         ref=ref[:200],
         counterpart_id=counterpart_id,
         actor=actor[:200],
         note=note[:500],
         valid_until=valid_until,
+        created_at=now,
     )
-    session.add(entry)
-    session.flush()
-    return entry
+    attach_inserted(session, [created])
+    return created
+
+
+_BALANCES = CreditBalance.__table__  # type: ignore[attr-defined]
+_ENTRIES = CreditEntry.__table__  # type: ignore[attr-defined]
+# The entry's columns and their parameters (a bind may not be named after a column of the
+# INSERT or UPDATE it is in).
+_ENTRY_PARAMS = {
+    "account_id": "p_account_id",
+    "channel": "p_channel",
+    "kind": "p_kind",
+    "quantity": "p_quantity",
+    "ref": "p_ref",
+    "actor": "p_actor",
+    "note": "p_note",
+    "counterpart_id": "p_counterpart_id",
+    "valid_until": "p_valid_until",
+    "created_at": "p_now",
+}
+
+
+@functools.cache
+def _statements(
+    kind: CreditKind, sets_validity: bool, while_valid: bool
+) -> tuple[Executable, Executable, Executable]:
+    """The statements of one kind of movement: the guarded ``UPDATE ... RETURNING`` of the
+    balance, the entry's ``INSERT ... RETURNING id``, and both in one CTE (PostgreSQL)."""
+    d_available, d_held = EFFECTS[kind]
+    quantity: BindParameter[int] = bindparam("p_quantity")
+    conditions = [
+        _BALANCES.c.account_id == bindparam("p_account_id"),
+        _BALANCES.c.channel == bindparam("p_channel"),
+    ]
+    if d_available < 0:
+        conditions.append(_BALANCES.c.available >= quantity)
+    if d_held < 0:
+        conditions.append(_BALANCES.c.held >= quantity)
+    if while_valid:
+        conditions.append(
+            or_(_BALANCES.c.valid_until.is_(None), _BALANCES.c.valid_until > bindparam("p_now"))
+        )
+    values: dict[str, object] = {"updated_at": bindparam("p_now")}
+    if d_available:
+        values["available"] = _BALANCES.c.available + d_available * quantity
+    if d_held:
+        values["held"] = _BALANCES.c.held + d_held * quantity
+    if sets_validity:
+        values["valid_until"] = bindparam("p_balance_valid_until")
+    moved = (
+        update(_BALANCES)
+        .where(*conditions)
+        .values(values)
+        .returning(_BALANCES.c.available, _BALANCES.c.held)
+    )
+    entry = (
+        insert(_ENTRIES)
+        .values(
+            {column: bindparam(param) for column, param in _ENTRY_PARAMS.items()}
+            | {"available_after": bindparam("p_available"), "held_after": bindparam("p_held")}
+        )
+        .returning(_ENTRIES.c.id)
+    )
+    # Typed binds: PostgreSQL cannot infer the type of a bare parameter in a SELECT list.
+    after = moved.cte("moved")
+    both = (
+        insert(_ENTRIES)
+        .from_select(
+            [*_ENTRY_PARAMS, "available_after", "held_after"],
+            select(
+                *(
+                    bindparam(param, type_=_ENTRIES.c[column].type)
+                    for column, param in _ENTRY_PARAMS.items()
+                ),
+                after.c.available,
+                after.c.held,
+            ),
+        )
+        .returning(_ENTRIES.c.id, _ENTRIES.c.available_after, _ENTRIES.c.held_after)
+    )
+    return moved, entry, both
 
 
 def _ensure_balance(session: Session, account_id: int, channel: str) -> None:
@@ -220,7 +316,16 @@ def reserve(
     channel = _channel(channel)
     if quantity <= 0:
         return balance(session, account_id, channel) is not None
-    if _reserve_at_once(session, account_id, channel, quantity, ref=ref, actor=actor):
+    if _move(
+        session,
+        account_id,
+        channel,
+        CreditKind.RESERVE,
+        quantity,
+        ref=ref,
+        actor=actor,
+        while_valid=True,
+    ):
         return True
     # Not metered, expired, or short: find out which (a few more reads, off the hot path).
     current = balance(session, account_id, channel)
@@ -246,85 +351,6 @@ def reserve(
         needed=quantity,
         available=left.available if left else 0,
     )
-
-
-_BALANCES = CreditBalance.__table__  # type: ignore[attr-defined]
-_ENTRIES = CreditEntry.__table__  # type: ignore[attr-defined]
-
-
-# Parameter names (a bind may not be named after a column of the INSERT or UPDATE).
-_PARAM = {
-    "account_id": "p_account_id",
-    "channel": "p_channel",
-    "kind": "p_kind",
-    "quantity": "p_quantity",
-    "ref": "p_ref",
-    "actor": "p_actor",
-    "note": "p_note",
-    "created_at": "p_now",
-}
-
-
-def _reserve_statements() -> tuple[Executable, Executable, Executable]:
-    """The statements of :func:`_reserve_at_once`, built once (building and hashing a
-    statement costs more than running it): the guarded UPDATE ... RETURNING, the entry
-    INSERT, and both in one CTE for PostgreSQL."""
-    moved = (
-        update(_BALANCES)
-        .where(
-            _BALANCES.c.account_id == bindparam("p_account_id"),
-            _BALANCES.c.channel == bindparam("p_channel"),
-            _BALANCES.c.available >= bindparam("p_quantity"),
-            or_(_BALANCES.c.valid_until.is_(None), _BALANCES.c.valid_until > bindparam("p_now")),
-        )
-        .values(
-            available=_BALANCES.c.available - bindparam("p_quantity"),
-            held=_BALANCES.c.held + bindparam("p_quantity"),
-            updated_at=bindparam("p_now"),
-        )
-        .returning(_BALANCES.c.available, _BALANCES.c.held)
-    )
-    # Typed binds: PostgreSQL cannot infer the type of a bare parameter in a SELECT list.
-    names = ("account_id", "channel", "kind", "quantity", "ref", "actor", "note", "created_at")
-    typed = {name: bindparam(_PARAM[name], type_=_ENTRIES.c[name].type) for name in names}
-    after = moved.cte("moved")
-    both = insert(_ENTRIES).from_select(
-        [*names, "available_after", "held_after"],
-        select(*typed.values(), after.c.available, after.c.held),
-    )
-    entry = insert(_ENTRIES).values(
-        {name: bindparam(_PARAM[name]) for name in names}
-        | {"available_after": bindparam("p_available"), "held_after": bindparam("p_held")}
-    )
-    return moved, entry, both.returning(_ENTRIES.c.id)
-
-
-_MOVED, _ENTRY, _MOVED_AND_ENTRY = _reserve_statements()
-
-
-def _reserve_at_once(
-    session: Session, account_id: int, channel: str, quantity: int, *, ref: str, actor: str
-) -> bool:
-    """The common case of :func:`reserve` (a metered, valid balance that covers it) in one
-    statement on PostgreSQL (the guarded UPDATE and the entry INSERT in one CTE) and two on
-    SQLite; False when the balance did not move, for the caller to say why."""
-    params = {
-        "p_account_id": account_id,
-        "p_channel": channel,
-        "p_kind": CreditKind.RESERVE.value,
-        "p_quantity": quantity,
-        "p_ref": ref[:200],
-        "p_actor": actor[:200],
-        "p_note": "",
-        "p_now": utcnow(),
-    }
-    if session.get_bind().dialect.name == "postgresql":
-        return session.execute(_MOVED_AND_ENTRY, params).first() is not None
-    row = session.execute(_MOVED, params).first()
-    if row is None:
-        return False
-    session.execute(_ENTRY, params | {"p_available": int(row[0]), "p_held": int(row[1])})
-    return True
 
 
 def settle(

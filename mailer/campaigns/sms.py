@@ -87,7 +87,7 @@ from mailer.sms.types import (
     SubmitResult,
     hex_id_to_decimal,
 )
-from mailer.storage.db import attach_inserted, next_ids, session_scope
+from mailer.storage.db import insert_rows, next_ids, session_scope
 from mailer.storage.types import UtcDateTime
 from mailer.tracking.urls import sms_link_url
 
@@ -294,22 +294,11 @@ def queue_sms(
         for row, message_id in zip(rows, ids, strict=True):
             row.id = message_id
             render(row)
-        session.execute(insert(_MESSAGES), [_values(row, with_id=True) for row in rows])
+        insert_rows(session, rows)
     else:  # SQLite: the ids come with the insert; the rendered text (its links) follows
-        inserted = session.execute(
-            insert(_MESSAGES).returning(_MESSAGES.c.id, sort_by_parameter_order=True),
-            [_values(row, with_id=False) for row in rows],
-        ).scalars()
-        for row, message_id in zip(rows, inserted, strict=True):
-            row.id = message_id
+        insert_rows(session, rows)
+        for row in rows:
             render(row)
-        session.execute(
-            update(_MESSAGES)
-            .where(_MESSAGES.c.id == bindparam("row_id"))
-            .values(payload=bindparam("row_payload"), parts=bindparam("row_parts")),
-            [{"row_id": r.id, "row_payload": r.payload, "row_parts": r.parts} for r in rows],
-        )
-    attach_inserted(session, rows)
     total = sum(row.parts for row in rows)
     reserve(session, account_id, CHANNEL, total, ref=_ref_of(rows), actor=origin)
     return Queued(rows, sorted(rejected, key=lambda r: r.index))
@@ -321,27 +310,6 @@ _CONTACTS_BY_PHONE = select(Contact).where(
     col(Contact.phone).in_(bindparam("phones", expanding=True)),
 )
 _MESSAGES = Message.__table__  # type: ignore[attr-defined]
-_INSERTED = (
-    "account_id",
-    "contact_id",
-    "channel",
-    "to_address",
-    "state",
-    "attempts",
-    "next_attempt_at",
-    "origin",
-    "queued_at",
-    "updated_at",
-    "payload",
-    "parts",
-)
-
-
-def _values(row: Message, *, with_id: bool) -> dict[str, Any]:
-    values = {name: getattr(row, name) for name in _INSERTED}
-    if with_id:
-        values["id"] = row.id
-    return values
 
 
 def _parts_within(text: str, settings: Settings) -> int:

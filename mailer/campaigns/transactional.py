@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, or_, select
+from sqlalchemy import and_, bindparam, or_, select
 from sqlmodel import Session, col
 
 from mailer.accounts.credits import reserve, settle
@@ -41,7 +41,7 @@ from mailer.core.queue import enqueue
 from mailer.core.types import DeliveryResult, DeliveryStatus
 from mailer.messages.models import Message, MessageState
 from mailer.messages.service import claim_batch
-from mailer.storage.db import attach_inserted, session_scope
+from mailer.storage.db import insert_rows, session_scope
 
 log = logging.getLogger(__name__)
 
@@ -130,33 +130,13 @@ def queue_message(
         queued_at=now,
         updated_at=now,
     )
-    # One INSERT ... RETURNING (Core): the ORM's unit of work costs more than the statement.
-    values = {name: getattr(row, name) for name in _INSERTED}
-    row.id = session.execute(
-        insert(_MESSAGES).values(values).returning(_MESSAGES.c.id)
-    ).scalar_one()
-    attach_inserted(session, [row])
+    insert_rows(session, [row])  # Core: the unit of work costs more than the statement
     reserve(session, account_id, CHANNEL, 1, ref=f"message:{row.id}", actor=origin)
     return row
 
 
 _CONTACT_BY_EMAIL = select(col(Contact.id), col(Contact.email_status)).where(
     col(Contact.account_id) == bindparam("account"), col(Contact.email) == bindparam("email")
-)
-_MESSAGES = Message.__table__  # type: ignore[attr-defined]
-_INSERTED = (
-    "account_id",
-    "contact_id",
-    "channel",
-    "to_address",
-    "to_name",
-    "state",
-    "attempts",
-    "parts",
-    "origin",
-    "payload",
-    "queued_at",
-    "updated_at",
 )
 
 
